@@ -1,0 +1,7 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""Training and evaluation engines."""
+
+from monai_mtlmad.engines.multitask_step import build_task_batch, multitask_train_step
+
+__all__ = ["build_task_batch", "multitask_train_step"]

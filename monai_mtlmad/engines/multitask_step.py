@@ -1,0 +1,87 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""One joint optimisation step over all proxy tasks (no Ignite: the Ignite trainer calls this)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from monai_mtlmad.losses.multitask import MultiTaskLoss
+from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
+from monai_mtlmad.tasks.base import ProxyTask, TaskViews
+
+__all__ = ["build_task_batch", "multitask_train_step"]
+
+
+def build_task_batch(
+    tasks: Sequence[ProxyTask],
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    batch: Mapping | None = None,
+    images_per_task: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[TaskViews]]:
+    """Every task's views of ``images (B, C, *spatial)``, concatenated into one mixed batch.
+
+    Args:
+        images_per_task: if set, each task sees a random subset of that many images (bounds the step cost).
+
+    Returns:
+        ``(inputs (sum_t B_t, C, *spatial), task_ids (sum_t B_t,), views per task)``.
+    """
+    views = []
+    for task in tasks:
+        imgs, extra = images, batch
+        if images_per_task is not None and images_per_task < images.shape[0]:
+            idx = torch.randperm(images.shape[0], generator=generator, device=generator.device if generator else None)
+            idx = idx[:images_per_task].to(images.device)
+            imgs = images[idx]
+            extra = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and len(v) == len(images)} if batch else None
+        views.append(task.training_views(imgs, generator, extra))
+    inputs = torch.cat([v.inputs for v in views])
+    task_ids = torch.cat(
+        [torch.full((v.inputs.shape[0],), t, dtype=torch.long, device=images.device) for t, v in enumerate(views)]
+    )
+    return inputs, task_ids, views
+
+
+def multitask_train_step(
+    net: MTLMoENet,
+    tasks: Sequence[ProxyTask],
+    criterion: MultiTaskLoss,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    batch: Mapping | None = None,
+    images_per_task: int | None = None,
+    grad_clip: float | None = 5.0,
+) -> dict[str, float]:
+    """Build all task views for a batch, run them through ``net`` in one pass, and step once.
+
+    Args:
+        net: the learner, built with ``tasks=[t.head for t in tasks]`` in the same order.
+        tasks: the proxy tasks.
+        criterion: joint loss over the tasks' names.
+        optimizer: optimises ``net`` (and ``criterion`` when it learns uncertainty weights).
+        images: ``(B, C, *spatial)`` on the net's device, scaled to about [0, 1].
+        generator: random source of the views (seed it for reproducible steps).
+        batch: the whole batch dict, for precomputed extras such as pseudo-labels.
+        images_per_task: optional per-task subset size.
+        grad_clip: max gradient norm (None disables clipping).
+
+    Returns:
+        detached losses: per task, ``"moe"`` and ``"total"``.
+    """
+    net.train()
+    with torch.no_grad():
+        inputs, task_ids, views = build_task_batch(tasks, images, generator, batch, images_per_task)
+    outputs = net(inputs, task_ids)
+    task_losses = {task.name: task.loss(outputs[task.name], v) for task, v in zip(tasks, views)}
+    total, parts = criterion(task_losses, net.aux_loss() if net.moe else None)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    return parts

@@ -1,0 +1,8 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""Networks: the multi-task MoE learner and its blocks (no files, no training loop)."""
+
+from monai_mtlmad.networks.moe import MoEFeedForward, mutual_information_loss
+from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
+
+__all__ = ["MTLMoENet", "MoEFeedForward", "mutual_information_loss"]

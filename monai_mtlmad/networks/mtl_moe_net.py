@@ -1,0 +1,184 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""MTLMoENet: one Mixture-of-Experts network for all MTL-MAD proxy tasks.
+
+Reference: "MTL-MAD: Multi-Task Learners are Effective Medical Anomaly Detectors" (arXiv 2605.05891, 2026);
+routing loss after Mod-Squad (Chen et al., CVPR 2023). Design notes: ``DESIGN.md`` section 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.layers.factories import Conv
+
+from monai_mtlmad.networks.moe import MoEFeedForward
+
+__all__ = ["MTLMoENet"]
+
+
+class MTLMoENet(nn.Module):
+    """Shared residual encoder, task-routed MoE blocks, a shared U-Net decoder, and one head per task.
+
+    - Encoder: residual units, downsampling by ``strides``; shared by all tasks and blind to the task.
+    - MoE: a :class:`~monai_mtlmad.networks.moe.MoEFeedForward` after the bottleneck and after every decoder
+      level (``moe_levels``), routing each spatial token by task. Experts sit where tasks differ: the decoder.
+    - Global tasks (``kind == "global"``) read the pooled bottleneck through a small MLP head; their samples
+      skip the decoder. Dense tasks get a 1x1 convolution head on the last decoder features concatenated with
+      the input (so intensity-regressing heads see absolute intensities despite instance normalisation).
+
+    A mixed batch of views of different tasks runs in one pass; ``forward`` returns the outputs grouped by task,
+    in the order the task's samples appear in the batch.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        tasks: ``{name: (kind, out_channels)}`` with kind ``"dense"`` or ``"global"``, in task-id order.
+        channels: encoder channels per level.
+        strides: downsampling between consecutive levels (``len(channels) - 1`` entries).
+        num_experts: experts per MoE block.
+        top_k: experts per token.
+        moe: False replaces every MoE block by one shared feed-forward block (the ablation).
+        moe_levels: where MoE blocks go: any of ``"bottleneck"``, ``"decoder"``.
+        hidden_ratio: expert width relative to the level's channels.
+        num_res_units: residual sub-units per encoder/decoder unit.
+        norm: MONAI norm for the convolutions.
+        dropout: dropout in the convolution blocks.
+
+    Shapes:
+        ``forward(x (B, C_in, *spatial), task_ids (B,))`` -> ``{name: (B_t, C_t, *spatial) or (B_t, C_t)}``.
+        Spatial sizes must be divisible by the product of ``strides``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        tasks: Mapping[str, tuple[str, int]],
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] = (2, 2, 2),
+        num_experts: int = 4,
+        top_k: int = 2,
+        moe: bool = True,
+        moe_levels: Sequence[str] = ("bottleneck", "decoder"),
+        hidden_ratio: int = 2,
+        num_res_units: int = 1,
+        norm: str | tuple = ("instance", {"affine": True}),
+        dropout: float = 0.0,
+        specialisation_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if len(strides) != len(channels) - 1:
+            raise ValueError(f"need len(strides) == len(channels) - 1, got {strides} for channels {channels}.")
+        for name, (kind, out) in tasks.items():
+            if kind not in ("dense", "global") or out < 1:
+                raise ValueError(f"task {name!r}: kind must be 'dense' or 'global' and out_channels >= 1.")
+        if not tasks:
+            raise ValueError("at least one task is needed.")
+        unknown = set(moe_levels) - {"bottleneck", "decoder"}
+        if unknown:
+            raise ValueError(f"unknown moe_levels {unknown}.")
+        self.spatial_dims = spatial_dims
+        self.task_names = list(tasks)
+        self.task_kinds = [tasks[n][0] for n in self.task_names]
+        self.moe = moe
+        self.moe_levels = tuple(moe_levels)
+        self.specialisation_weight = specialisation_weight
+        self.size_divisor = int(torch.prod(torch.tensor(list(strides) or [1])))
+        self.register_buffer("dense_task", torch.tensor([k == "dense" for k in self.task_kinds]), persistent=False)
+        num_tasks = len(tasks)
+
+        def res(cin, cout, stride):
+            return ResidualUnit(
+                spatial_dims, cin, cout, strides=stride, subunits=num_res_units, norm=norm, dropout=dropout
+            )
+
+        def ffn(c):
+            return MoEFeedForward(spatial_dims, c, num_tasks, num_experts, top_k, hidden_ratio, moe=moe)
+
+        self.encoder = nn.ModuleList([res(in_channels, channels[0], 1)])
+        for i, s in enumerate(strides):
+            self.encoder.append(res(channels[i], channels[i + 1], s))
+        self.bottleneck_moe = ffn(channels[-1]) if "bottleneck" in moe_levels else None
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        self.decoder_moe = nn.ModuleList()
+        for i in reversed(range(len(strides))):
+            self.up.append(
+                Convolution(
+                    spatial_dims, channels[i + 1], channels[i], strides=strides[i], kernel_size=3,
+                    norm=norm, dropout=dropout, is_transposed=True,
+                )
+            )
+            self.decoder.append(res(2 * channels[i], channels[i], 1))
+            self.decoder_moe.append(ffn(channels[i]) if "decoder" in moe_levels else nn.Identity())
+        conv = Conv[Conv.CONV, spatial_dims]
+        c0, cb = channels[0], channels[-1]
+        self.heads = nn.ModuleDict()
+        for name, (kind, out) in tasks.items():
+            if kind == "dense":
+                self.heads[name] = conv(c0 + in_channels, out, kernel_size=1)
+            else:
+                self.heads[name] = nn.Sequential(nn.Linear(cb, cb), nn.GELU(), nn.Linear(cb, out))
+
+    def moe_blocks(self) -> list[MoEFeedForward]:
+        """All MoE (or shared feed-forward) blocks, bottleneck first."""
+        return [m for m in self.modules() if isinstance(m, MoEFeedForward)]
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"expected input (B, C, *{self.spatial_dims} spatial), got shape {tuple(x.shape)}.")
+        bad = [s for s in x.shape[2:] if s % self.size_divisor]
+        if bad:
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {self.size_divisor}.")
+        task_ids = task_ids.to(x.device).long()
+        skips = []
+        h = x
+        for block in self.encoder:
+            h = block(h)
+            skips.append(h)
+        if self.bottleneck_moe is not None:
+            h = self.bottleneck_moe(h, task_ids)
+        out: dict[str, torch.Tensor] = {}
+        pooled = h.flatten(2).mean(2)
+        for t, name in enumerate(self.task_names):
+            if self.task_kinds[t] == "global":
+                sel = task_ids == t
+                if sel.any():
+                    out[name] = self.heads[name](pooled[sel])
+        dense = self.dense_task[task_ids]
+        if dense.any():
+            idx = dense.nonzero(as_tuple=True)[0]
+            d, ids = h[idx], task_ids[idx]
+            for up, dec, moe, skip in zip(self.up, self.decoder, self.decoder_moe, reversed(skips[:-1])):
+                d = dec(torch.cat([up(d), skip[idx]], 1))
+                d = moe(d, ids) if isinstance(moe, MoEFeedForward) else d
+            d = torch.cat([d, x[idx]], 1)
+            for t, name in enumerate(self.task_names):
+                sel = ids == t
+                if self.task_kinds[t] == "dense" and sel.any():
+                    out[name] = self.heads[name](d[sel])
+        return out
+
+    def aux_loss(self) -> torch.Tensor:
+        """Mean mutual-information routing loss of the last forward over the MoE blocks (0 without MoE)."""
+        losses = [m.aux_loss(self.specialisation_weight) for m in self.moe_blocks()]
+        losses = [v for v in losses if v is not None]
+        if not losses:
+            return torch.zeros((), device=self.dense_task.device)
+        return torch.stack(losses).mean()
+
+    def expert_usage(self, reset: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """Routing statistics per MoE block: ``{block: {"selection"|"probability": (T, E)}}``, rows in task order."""
+        names = {id(m): n for n, m in self.named_modules()}
+        stats = {names[id(m)]: m.usage() for m in self.moe_blocks() if m.moe}
+        if reset:
+            self.reset_usage()
+        return stats
+
+    def reset_usage(self) -> None:
+        for m in self.moe_blocks():
+            m.reset_usage()

@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+import torch
+
+from monai_mtlmad.data import head_phantoms
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def phantoms_2d():
+    return head_phantoms(8, (64, 64), seed=1)
+
+
+@pytest.fixture(scope="session")
+def phantoms_3d():
+    return head_phantoms(2, (32, 32, 32), seed=2)
+
+
+def as_input(array: np.ndarray, kind: str):
+    """The same image as numpy or torch (CPU, and CUDA where available)."""
+    if kind == "numpy":
+        return array
+    t = torch.as_tensor(array)
+    return t.cuda() if kind == "cuda" else t
+
+
+INPUT_KINDS = ["numpy", "torch"] + (["cuda"] if torch.cuda.is_available() else [])
