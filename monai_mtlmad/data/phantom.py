@@ -42,7 +42,10 @@ def head_phantoms(num: int, spatial_shape: Sequence[int], seed: int = 0, noise: 
     centre = u(-0.06, 0.06, dims).view(num, dims, *([1] * dims))
     axes = u(0.68, 0.86, dims).view(num, dims, *([1] * dims))
     wobble = 0.04 * smooth_noise(num, spatial_shape, 4, g)
-    r = torch.sqrt((((grid - centre) / axes) ** 2).sum(1, keepdim=True)) + wobble  # (N, 1, *sp)
+    # egg-shaped (wider towards the end of the first axis) so that the head has one canonical pose
+    egg = (1 + 0.12 * (grid[:, :1] - centre[:, :1])).repeat(1, dims, *([1] * dims))
+    egg[:, 0] = 1.0  # the width, not the length, grows along the first axis
+    r = torch.sqrt((((grid - centre) / (axes * egg)) ** 2).sum(1, keepdim=True)) + wobble  # (N, 1, *sp)
     skull_in = u(0.86, 0.9).view(bshape)
     head = (r < 1.0).float()
     brain = (r < skull_in).float()
@@ -55,6 +58,7 @@ def head_phantoms(num: int, spatial_shape: Sequence[int], seed: int = 0, noise: 
     vent = torch.zeros_like(r)
     for side in (-1.0, 1.0):
         vc = centre.clone()
+        vc[:, 0] -= 0.12  # ventricles sit towards the narrow (frontal) end
         vc[:, -1] += side * u(0.1, 0.16).view(num, *([1] * dims))
         va = torch.cat([u(0.2, 0.3, 1), u(0.06, 0.09, dims - 1)], 1).view(num, dims, *([1] * dims))
         vr = torch.sqrt((((grid - vc) / va) ** 2).sum(1, keepdim=True))

@@ -4,8 +4,9 @@
 
 Every pixel/voxel of a feature map is a token. A task-conditioned gate routes each token to its top-k of E
 pointwise feed-forward experts (as in sparse MoE transformers, here with 1x1 convolutions), so routing is per
-location and per task. All experts run as two grouped 1x1 convolutions (cheap next to the 3x3 convolutions
-around them); the gates are sparse. The auxiliary loss maximises the mutual information between task and expert
+location and per task. All experts run densely as two plain 1x1 convolutions, the gates applied to the hidden
+units in between: ``sum_e g_e W_e^out a_e = W^out (g * a)`` with ``W^out = [W_1^out ... W_E^out]``, which avoids
+grouped convolutions (slow to back-propagate on CPU) and any per-expert output tensor; the gates are sparse. The auxiliary loss maximises the mutual information between task and expert
 (Mod-Squad, Chen et al., CVPR 2023): it balances the marginal expert usage over all tasks while making each
 task's own routing sharp, whereas a per-gate load-balancing loss would make uniform routing optimal.
 """
@@ -92,8 +93,9 @@ class MoEFeedForward(nn.Module):
         self.num_tasks = num_tasks
         self.num_experts = num_experts if moe else 1
         self.top_k = top_k if moe else 1
+        self.hidden = hidden_ratio * channels
         self.gate_noise = gate_noise
-        hidden = hidden_ratio * channels
+        hidden = self.hidden
         self.norm = nn.GroupNorm(1, channels)
         self.task_embedding = nn.Embedding(num_tasks, channels)
         nn.init.normal_(self.task_embedding.weight, std=0.5)
@@ -102,7 +104,7 @@ class MoEFeedForward(nn.Module):
             self.gate_task = nn.Embedding(num_tasks, num_experts)
             nn.init.normal_(self.gate_task.weight, std=1.0)  # tasks start from different routings
             self.w_in = conv(channels, num_experts * hidden, kernel_size=1)
-            self.w_out = conv(num_experts * hidden, num_experts * channels, kernel_size=1, groups=num_experts)
+            self.w_out = conv(num_experts * hidden, channels, kernel_size=1)  # experts side by side on its input
         else:
             self.w_in = conv(channels, top_k * hidden, kernel_size=1)
             self.w_out = conv(top_k * hidden, channels, kernel_size=1)
@@ -128,11 +130,12 @@ class MoEFeedForward(nn.Module):
         probs = torch.softmax(logits, dim=1)  # (B, E, *sp)
         top_v, top_i = probs.topk(self.top_k, dim=1)
         gates = torch.zeros_like(probs).scatter(1, top_i, top_v / top_v.sum(1, keepdim=True))
-        b, c = x.shape[:2]
-        experts = self.w_out(F.gelu(self.w_in(h))).view(b, self.num_experts, c, *x.shape[2:])
+        b = x.shape[0]
+        hidden = F.gelu(self.w_in(h)).view(b, self.num_experts, self.hidden, *x.shape[2:])
+        hidden = (hidden * gates.unsqueeze(2)).view(b, self.num_experts * self.hidden, *x.shape[2:])
         self.last_probs, self.last_task_ids = probs, task_ids
         self._record(gates, probs, task_ids)
-        return x + (gates.unsqueeze(2) * experts).sum(1)
+        return x + self.w_out(hidden)
 
     @torch.no_grad()
     def _record(self, gates: torch.Tensor, probs: torch.Tensor, task_ids: torch.Tensor) -> None:

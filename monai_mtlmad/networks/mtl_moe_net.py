@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.layers.factories import Conv
+from monai.networks.layers.factories import Conv, Pool
 
 from monai_mtlmad.networks.moe import MoEFeedForward
 
@@ -26,7 +26,8 @@ class MTLMoENet(nn.Module):
     - Encoder: residual units, downsampling by ``strides``; shared by all tasks and blind to the task.
     - MoE: a :class:`~monai_mtlmad.networks.moe.MoEFeedForward` after the bottleneck and after every decoder
       level (``moe_levels``), routing each spatial token by task. Experts sit where tasks differ: the decoder.
-    - Global tasks (``kind == "global"``) read the pooled bottleneck through a small MLP head; their samples
+    - Global tasks (``kind == "global"``) read the bottleneck average-pooled onto a coarse ``global_pool`` grid
+      per dimension (which keeps the coarse layout that poses change) through a small MLP head; their samples
       skip the decoder. Dense tasks get a 1x1 convolution head on the last decoder features concatenated with
       the input (so intensity-regressing heads see absolute intensities despite instance normalisation).
 
@@ -47,6 +48,8 @@ class MTLMoENet(nn.Module):
         num_res_units: residual sub-units per encoder/decoder unit.
         norm: MONAI norm for the convolutions.
         dropout: dropout in the convolution blocks.
+        specialisation_weight: weight of per-task routing sharpness in the MoE loss (see ``mutual_information_loss``).
+        global_pool: cells per dimension of the pooled bottleneck that global heads read.
 
     Shapes:
         ``forward(x (B, C_in, *spatial), task_ids (B,))`` -> ``{name: (B_t, C_t, *spatial) or (B_t, C_t)}``.
@@ -69,6 +72,7 @@ class MTLMoENet(nn.Module):
         norm: str | tuple = ("instance", {"affine": True}),
         dropout: float = 0.0,
         specialisation_weight: float = 1.0,
+        global_pool: int = 2,
     ) -> None:
         super().__init__()
         if len(strides) != len(channels) - 1:
@@ -116,7 +120,8 @@ class MTLMoENet(nn.Module):
             self.decoder.append(res(2 * channels[i], channels[i], 1))
             self.decoder_moe.append(ffn(channels[i]) if "decoder" in moe_levels else nn.Identity())
         conv = Conv[Conv.CONV, spatial_dims]
-        c0, cb = channels[0], channels[-1]
+        self.global_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](global_pool)
+        c0, cb = channels[0], channels[-1] * global_pool**spatial_dims
         self.heads = nn.ModuleDict()
         for name, (kind, out) in tasks.items():
             if kind == "dense":
@@ -143,7 +148,7 @@ class MTLMoENet(nn.Module):
         if self.bottleneck_moe is not None:
             h = self.bottleneck_moe(h, task_ids)
         out: dict[str, torch.Tensor] = {}
-        pooled = h.flatten(2).mean(2)
+        pooled = self.global_pool(h).flatten(1)
         for t, name in enumerate(self.task_names):
             if self.task_kinds[t] == "global":
                 sel = task_ids == t
