@@ -17,7 +17,7 @@ $(STAMP): setup.py
 # Until the detector and bundle exist, the demo trains the multi-task learner on generated phantoms and reports,
 # per task, a held-out figure against its chance level (what the learner can honestly show today).
 demo: $(STAMP)
-	$(BIN)/python scripts/check_tasks.py --steps 150 --output runs/demo
+	$(BIN)/python scripts/check_tasks.py --steps 200 --size 96 --output runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

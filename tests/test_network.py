@@ -23,7 +23,7 @@ def make(spatial_dims, moe=True, **kw):
 )
 def test_forward_backward_all_tasks(spatial_dims, shape, channels):
     torch.manual_seed(0)
-    tasks, net = make(spatial_dims, in_channels=channels, channels=(8, 16, 32, 64) if spatial_dims == 3 else (16, 32, 64, 128))
+    tasks, net = make(spatial_dims, in_channels=channels, channels=(8, 16, 32, 64) if spatial_dims == 3 else (16, 32, 64, 128), strides=(2, 2, 2, 2))
     images = torch.rand(shape)
     inputs, task_ids, views = build_task_batch(tasks, images, torch.Generator().manual_seed(0))
     assert inputs.shape == (shape[0] * len(tasks),) + shape[1:]
@@ -44,7 +44,7 @@ def test_forward_backward_all_tasks(spatial_dims, shape, channels):
 
 def test_outputs_follow_task_ids_in_mixed_order():
     torch.manual_seed(0)
-    tasks, net = make(2, channels=(8, 16, 32), strides=(2, 2))
+    tasks, net = make(2, channels=(8, 16, 32), strides=(2, 2, 2))
     net.eval()
     x = torch.rand(6, 1, 32, 32)
     ids = torch.tensor([3, 0, 3, 2, 0, 1])
@@ -57,7 +57,7 @@ def test_outputs_follow_task_ids_in_mixed_order():
 
 def test_moe_routes_by_task_and_ablation_has_same_interface():
     torch.manual_seed(0)
-    tasks, net = make(2, channels=(8, 16, 32), strides=(2, 2), num_experts=4, top_k=2)
+    tasks, net = make(2, channels=(8, 16, 32), strides=(2, 2, 2), num_experts=4, top_k=2)
     x = torch.rand(10, 1, 32, 32)
     ids = torch.arange(5).repeat(2)
     net(x, ids)
@@ -73,7 +73,7 @@ def test_moe_routes_by_task_and_ablation_has_same_interface():
     p = usage["bottleneck_moe"]["probability"]
     assert (p[:, None] - p[None]).abs().sum(-1).max() > 0.1
     assert net.expert_usage()["bottleneck_moe"]["selection"].sum() == 0  # reset
-    _, shared = make(2, moe=False, channels=(8, 16, 32), strides=(2, 2))
+    _, shared = make(2, moe=False, channels=(8, 16, 32), strides=(2, 2, 2))
     out = shared(x, ids)
     assert set(out) == set(DEFAULT_TASKS) and shared.expert_usage() == {}
     assert float(shared.aux_loss()) == 0.0
@@ -93,9 +93,9 @@ def test_mutual_information_loss_prefers_specialised_balanced_routing():
 
 
 def test_network_rejects_bad_input_clearly():
-    _, net = make(2, channels=(8, 16, 32), strides=(2, 2))
-    with pytest.raises(ValueError, match="divisible by 4"):
-        net(torch.rand(1, 1, 30, 32), torch.tensor([0]))
+    _, net = make(2, channels=(8, 16, 32), strides=(2, 2, 2))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.rand(1, 1, 36, 32), torch.tensor([0]))
     with pytest.raises(ValueError, match="expected input"):
         net(torch.rand(1, 1, 32), torch.tensor([0]))
     with pytest.raises(ValueError, match="top_k"):

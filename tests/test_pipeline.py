@@ -87,7 +87,7 @@ def test_cached_pseudo_labels_feed_a_real_training_step(png_files):
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 1, 64, 64) and batch["image_pseudo_label"].shape == (4, 1, 64, 64)
     tasks = create_tasks(["inpainting", "pseudo_label"], 2)
-    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(8, 16, 32), strides=(2, 2))
+    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(8, 16, 32), strides=(2, 2, 2))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     parts = multitask_train_step(
         net, tasks, MultiTaskLoss([t.name for t in tasks]), opt, batch["image"].as_tensor(), batch=batch

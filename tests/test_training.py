@@ -28,7 +28,7 @@ def test_fifty_joint_steps_lower_every_task_loss_and_experts_specialise():
         spatial_dims=2,
     )
     tasks[0].transform.patch_size = 8
-    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(16, 32, 64), strides=(2, 2), num_experts=4, top_k=2)
+    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(16, 32, 64), strides=(2, 2, 2), num_experts=4, top_k=2)
     criterion = MultiTaskLoss([t.name for t in tasks])
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     before = fixed_view_losses(net, tasks, held_out)

