@@ -129,3 +129,39 @@ def test_compute_anomaly_metrics_keys_and_baselines():
     assert compute_anomaly_metrics(scores, np.zeros(n))["image_auroc"] is None
     with pytest.raises(ValueError, match="labels"):
         compute_anomaly_metrics(scores, labels[:3])
+
+
+def test_cumulative_metric_and_ignite_handler_over_batches():
+    from ignite.engine import Engine
+
+    from monai_mtlmad.handlers import AnomalyMetricHandler
+    from monai_mtlmad.metrics import AnomalyMetric
+
+    rng = np.random.default_rng(1)
+    scores = torch.as_tensor(rng.random(20))
+    labels = torch.as_tensor(rng.random(20) < 0.5).long()
+    maps = torch.as_tensor(rng.random((20, 1, 8, 8)))
+    masks = torch.zeros(20, 1, 8, 8)
+    masks[labels.bool(), :, 2:5, 2:5] = 1
+    maps = maps + 0.5 * masks
+    batches = [(i, i + 5) for i in range(0, 20, 5)]
+    metric = AnomalyMetric("image_auroc")
+    for a, b in batches:
+        metric(scores[a:b], labels[a:b])
+    assert metric.aggregate() == pytest.approx(roc_auc_score(labels, scores))
+
+    def step(engine, batch):
+        a, b = batch
+        return {"score": scores[a:b], "label": labels[a:b], "map": maps[a:b], "mask": masks[a:b]}
+
+    evaluator = Engine(step)
+    AnomalyMetricHandler("image_ap", lambda o: (o["score"], o["label"])).attach(evaluator, "image_ap")
+    AnomalyMetricHandler("pixel_auroc", lambda o: (o["map"], o["mask"])).attach(evaluator, "pixel_auroc")
+    AnomalyMetricHandler("pixel_aupro", lambda o: (o["map"], o["mask"])).attach(evaluator, "pixel_aupro")
+    evaluator.run(batches)
+    m = evaluator.state.metrics
+    assert m["image_ap"] == pytest.approx(average_precision_score(labels, scores))
+    assert m["pixel_auroc"] == pytest.approx(roc_auc_score(masks.reshape(-1), maps.reshape(-1)))
+    assert m["pixel_aupro"] == pytest.approx(brute_force_aupro(masks[:, 0].numpy() > 0, maps[:, 0].numpy()), abs=1e-6)
+    with pytest.raises(ValueError, match="unknown anomaly metric"):
+        AnomalyMetric("image_aupro")
