@@ -26,8 +26,7 @@ import torch
 from monai.networks.layers import GaussianFilter
 
 from monai_mtlmad.data import head_phantoms
-from monai_mtlmad.engines import multitask_train_step
-from monai_mtlmad.losses import MultiTaskLoss
+from monai_mtlmad.engines import fit_learner
 from monai_mtlmad.networks import MTLMoENet
 from monai_mtlmad.tasks import DEFAULT_TASKS, create_tasks
 
@@ -133,22 +132,12 @@ def run(args, moe: bool) -> dict:
     held_out = torch.from_numpy(head_phantoms(args.n_eval, shape, seed=args.seed + 1000))
     tasks = create_tasks(DEFAULT_TASKS, args.spatial_dims)
     net = MTLMoENet(args.spatial_dims, 1, {t.name: t.head for t in tasks}, moe=moe)
-    criterion = MultiTaskLoss([t.name for t in tasks])
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(args.seed)
     untrained = evaluate(net, tasks, held_out)
     t0 = time.time()
-    history = []
-    for step in range(args.steps):
-        for t in tasks:
-            t.set_progress(step / args.steps)
-        batch = train[torch.randint(0, args.n_train, (args.batch,), generator=g)]
-        parts = multitask_train_step(net, tasks, criterion, opt, batch, g)
-        sched.step()
-        if step % max(1, args.steps // 10) == 0 or step == args.steps - 1:
-            history.append({"step": step, **{k: round(v, 4) for k, v in parts.items()}})
-            print(f"[{'moe' if moe else 'shared'}] step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()), flush=True)
+    tag = "moe" if moe else "shared"
+    print(f"[{tag}] training {args.steps} steps", flush=True)
+    losses = fit_learner(net, tasks, train, args.steps, args.batch, args.lr, args.seed, log_every=max(1, args.steps // 10))
+    history = [{"step": i, **{k: round(v, 4) for k, v in p.items()}} for i, p in enumerate(losses) if i % max(1, args.steps // 10) == 0]
     train_s = time.time() - t0
     return {
         "moe": moe,

@@ -1,5 +1,5 @@
 """Data: BMAD datalists, demo phantoms and preprocessing."""
 
-from monai_mtlmad.data.phantom import head_phantoms
+from monai_mtlmad.data.phantom import LESION_KINDS, head_phantoms, insert_lesions
 
-__all__ = ["head_phantoms"]
+__all__ = ["LESION_KINDS", "head_phantoms", "insert_lesions"]

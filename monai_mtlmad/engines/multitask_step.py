@@ -12,7 +12,7 @@ from monai_mtlmad.losses.multitask import MultiTaskLoss
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.tasks.base import ProxyTask, TaskViews
 
-__all__ = ["build_task_batch", "multitask_train_step"]
+__all__ = ["build_task_batch", "fit_learner", "multitask_train_step"]
 
 
 def build_task_batch(
@@ -85,3 +85,43 @@ def multitask_train_step(
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
     return parts
+
+
+def fit_learner(
+    net: MTLMoENet,
+    tasks: Sequence[ProxyTask],
+    images: torch.Tensor,
+    steps: int,
+    batch_size: int = 4,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log_every: int = 0,
+    criterion: MultiTaskLoss | None = None,
+) -> list[dict[str, float]]:
+    """Train on an in-memory set of normal images with AdamW and a one-cycle schedule (scripts and tests; the
+    Ignite trainer is the full-featured path). Task curricula follow the step count.
+
+    Args:
+        images: ``(N, C, *spatial)`` normal images on the net's device.
+        steps: optimisation steps.
+        log_every: print the losses every that many steps (0: silent).
+
+    Returns:
+        the losses of every step.
+    """
+    criterion = criterion or MultiTaskLoss([t.name for t in tasks])
+    params = list(net.parameters()) + list(criterion.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    g = torch.Generator(device=images.device).manual_seed(seed)
+    history = []
+    for step in range(steps):
+        for t in tasks:
+            t.set_progress(step / steps)
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=g, device=images.device)
+        parts = multitask_train_step(net, tasks, criterion, opt, images[idx], g)
+        sched.step()
+        history.append(parts)
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()), flush=True)
+    return history

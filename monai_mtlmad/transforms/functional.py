@@ -33,6 +33,7 @@ __all__ = [
     "invert_pose",
     "normalised_grid",
     "smooth_noise",
+    "warp",
     "sample_foreground_centres",
     "irregular_blob_masks",
     "PSEUDO_ANOMALY_KINDS",
@@ -377,7 +378,7 @@ def irregular_blob_masks(
     return torch.sigmoid(field / softness)
 
 
-def _warp(x: torch.Tensor, displacement: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+def warp(x: torch.Tensor, displacement: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
     """Sample ``x`` at ``identity + displacement``; displacement ``(B, D, *sp)`` in normalised tensor-axis units."""
     dims = x.ndim - 2
     grid = normalised_grid(x.shape[2:], x.device).unsqueeze(0) + displacement
@@ -425,7 +426,7 @@ def synthesize_pseudo_anomalies(
     # foreign: the source translated so that another location lands under the blob
     shift = _uniform((b, dims), -0.6, 0.6, generator, x.device)
     shift = shift + 0.3 * torch.sign(shift)
-    moved = _warp(source, shift.view(b, dims, *([1] * dims)).expand(-1, -1, *spatial), "reflection")
+    moved = warp(source, shift.view(b, dims, *([1] * dims)).expand(-1, -1, *spatial), "reflection")
     opacity = strength.clamp(0, 1).view(bshape)
     foreign = (1 - opacity * mask) * x + opacity * mask * moved
     # intensity: smooth, textured change of signed contrast
@@ -435,7 +436,7 @@ def synthesize_pseudo_anomalies(
     grid = normalised_grid(spatial, x.device).unsqueeze(0)
     radial = grid - centres.view(-1, dims, *([1] * dims))
     displacement = -strength.view(bshape) * mask * radial
-    deformed = _warp(x, displacement)
+    deformed = warp(x, displacement)
 
     k = kinds.view(bshape).to(x.device)
     views = torch.where(k == 0, foreign, torch.where(k == 1, intensity, torch.where(k == 2, deformed, x)))

@@ -1,0 +1,75 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""One picture per case: the image, the fused map over it, each task's map, and the ground truth contour."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["render_overlay"]
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float32)
+
+
+def render_overlay(
+    path: str | Path,
+    image,
+    fused_map,
+    task_maps: Mapping[str, object] | None = None,
+    mask=None,
+    title: str = "",
+    slice_index: int | None = None,
+) -> Path:
+    """Write a PNG: image | fused map overlay (+ ground-truth contour) | one panel per task map.
+
+    Args:
+        path: output PNG.
+        image: ``(C, *spatial)``; 3D volumes are shown at ``slice_index`` along the last axis (default: the slice
+            where the fused map peaks).
+        fused_map: ``(1, *spatial)``.
+        task_maps: ``{task: (1, *spatial)}``.
+        mask: optional ground truth ``(1, *spatial)``.
+        title: figure title (e.g. the file name and score).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img, fmap = _np(image), _np(fused_map)[0]
+    if img.ndim == 4:
+        z = int(np.argmax(fmap.reshape(-1, fmap.shape[-1]).max(0))) if slice_index is None else slice_index
+        pick = lambda a: None if a is None else _np(a)[..., z]  # noqa: E731
+        img, fmap = img[..., z], fmap[..., z]
+        task_maps = {k: pick(v) for k, v in (task_maps or {}).items()}
+        mask = pick(mask)
+    gray = img.mean(0) if img.shape[0] != 3 else np.clip(img.transpose(1, 2, 0), 0, 1)
+    panels = 2 + len(task_maps or {})
+    fig, axes = plt.subplots(1, panels, figsize=(3 * panels, 3.3))
+    axes[0].imshow(gray, cmap="gray")
+    axes[0].set_title("image")
+    axes[1].imshow(gray, cmap="gray")
+    axes[1].imshow(fmap, cmap="jet", alpha=0.45)
+    axes[1].set_title("fused map")
+    if mask is not None:
+        m = _np(mask)[0]
+        for ax in axes[:2]:
+            ax.contour(m > 0.5, levels=[0.5], colors="white", linewidths=1)
+    for ax, (name, tmap) in zip(axes[2:], (task_maps or {}).items()):
+        ax.imshow(_np(tmap)[0], cmap="magma")
+        ax.set_title(name)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
