@@ -1,5 +1,30 @@
-"""Data: BMAD datalists, demo phantoms and preprocessing."""
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""Data: BMAD and folder datalists, modality preprocessing, cached datasets, and the embedded demo phantoms."""
 
+from monai_mtlmad.data.bmad import BMAD_DATASETS, BMADInfo, bmad_datalist, bmad_info
+from monai_mtlmad.data.demo import DEMO_AFFINE, make_demo_dataset
+from monai_mtlmad.data.files import IMAGE_SUFFIXES, check_pairs, image_shape, list_images
+from monai_mtlmad.data.folders import folder_datalist
+from monai_mtlmad.data.loading import make_dataset, make_loader
 from monai_mtlmad.data.phantom import LESION_KINDS, head_phantoms, insert_lesions
+from monai_mtlmad.data.preprocessing import (
+    PRESETS,
+    AsGrayscale,
+    AsGrayscaled,
+    LoadMaskd,
+    ScaleIntensityInForeground,
+    ScaleIntensityInForegroundd,
+    preprocessing,
+)
 
-__all__ = ["LESION_KINDS", "head_phantoms", "insert_lesions"]
+__all__ = [
+    "BMAD_DATASETS", "BMADInfo", "bmad_datalist", "bmad_info",
+    "DEMO_AFFINE", "make_demo_dataset",
+    "IMAGE_SUFFIXES", "check_pairs", "image_shape", "list_images",
+    "folder_datalist",
+    "make_dataset", "make_loader",
+    "LESION_KINDS", "head_phantoms", "insert_lesions",
+    "PRESETS", "AsGrayscale", "AsGrayscaled", "LoadMaskd", "ScaleIntensityInForeground",
+    "ScaleIntensityInForegroundd", "preprocessing",
+]

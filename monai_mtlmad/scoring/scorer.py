@@ -24,7 +24,7 @@ from monai.networks.layers import GaussianFilter
 
 from monai_mtlmad.metrics.functional import f1_max
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
-from monai_mtlmad.scoring.foreground import foreground_mask
+from monai_mtlmad.transforms.foreground import foreground_mask
 from monai_mtlmad.tasks.base import ProxyTask
 
 __all__ = ["AnomalyScorer", "AnomalyScores"]

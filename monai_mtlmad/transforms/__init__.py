@@ -20,6 +20,13 @@ from monai_mtlmad.transforms.dictionary import (
     RandPseudoAnomalyd,
     RandPseudoAnomalyDict,
 )
+from monai_mtlmad.transforms.foreground import (
+    ForegroundMask,
+    ForegroundMaskD,
+    ForegroundMaskd,
+    ForegroundMaskDict,
+    foreground_mask,
+)
 from monai_mtlmad.transforms.functional import lattice_masks, maximal_hamming_permutations, pose_table
 
 __all__ = [
@@ -28,5 +35,6 @@ __all__ = [
     "RandJigsaw", "RandJigsawd", "RandJigsawD", "RandJigsawDict",
     "RandOrientation", "RandOrientationd", "RandOrientationD", "RandOrientationDict",
     "RandPseudoAnomaly", "RandPseudoAnomalyd", "RandPseudoAnomalyD", "RandPseudoAnomalyDict",
+    "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict", "foreground_mask",
     "lattice_masks", "maximal_hamming_permutations", "pose_table",
 ]

@@ -4,11 +4,16 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Hashable, Mapping
+
 import numpy as np
 import torch
-from monai.config import NdarrayOrTensor
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type
 
-__all__ = ["foreground_mask"]
+__all__ = ["foreground_mask", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
 
 
 def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: float = 0.01) -> torch.Tensor:
@@ -36,7 +41,9 @@ def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: flo
         if np.ptp(img) == 0:
             out[i] = True
             continue
-        fg = img > threshold_otsu(img)
+        with warnings.catch_warnings():  # skimage mistakes volumes whose last axis has 3-4 voxels for RGB
+            warnings.simplefilter("ignore", UserWarning)
+            fg = img > threshold_otsu(img)
         lab = label(fg)
         if lab.max() > 0:
             fg = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
@@ -45,3 +52,38 @@ def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: flo
             fg = ndimage.binary_erosion(fg, iterations=depth)
         out[i] = fg if fg.mean() >= min_fraction else True
     return torch.from_numpy(out).unsqueeze(1).to(x.device if torch.is_tensor(x) else "cpu")
+
+
+class ForegroundMask(Transform):
+    """Array transform: ``(C, *spatial)`` image -> ``(1, *spatial)`` bool tissue mask (see :func:`foreground_mask`)."""
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, rim: float = 0.0) -> None:
+        self.rim = rim
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        mask = foreground_mask(torch.as_tensor(img)[None], self.rim)[0]
+        return convert_to_dst_type(mask, img, dtype=torch.bool)[0]
+
+
+class ForegroundMaskd(MapTransform):
+    """Dictionary-based :class:`ForegroundMask`; writes ``{key}_{mask_postfix}``."""
+
+    backend = ForegroundMask.backend
+
+    def __init__(
+        self, keys: KeysCollection, rim: float = 0.0, mask_postfix: str = "foreground", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = ForegroundMask(rim)
+        self.mask_postfix = mask_postfix
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[f"{key}_{self.mask_postfix}"] = self.transform(d[key])
+        return d
+
+
+ForegroundMaskD = ForegroundMaskDict = ForegroundMaskd
