@@ -1,6 +1,5 @@
 """Joint training: real steps on generated phantoms lower every task's loss and leave routing task-specific."""
 
-import pytest
 import torch
 
 from monai_mtlmad.data import head_phantoms

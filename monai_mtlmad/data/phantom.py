@@ -108,7 +108,6 @@ def insert_lesions(
     )  # brain eroded, so lesions stay inside
     centres = sample_foreground_centres(inner[:, 0] > 0.5, g)
     grid = normalised_grid(spatial, "cpu").unsqueeze(0)
-    shape = (n, dims) + (1,) * dims
     out, masks = x.clone(), torch.zeros_like(x, dtype=torch.bool)
     for i in range(n):  # each lesion kind is its own recipe; a loop over a handful of test images
         kind = kinds[i % len(kinds)]

@@ -38,6 +38,7 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type
 
 from monai_mtlmad.transforms.foreground import ForegroundMaskd
+from monai_mtlmad.transforms.keywise import KeyWised
 from monai_mtlmad.transforms.functional import ensure_tuple_dims
 
 __all__ = [
@@ -64,18 +65,11 @@ class AsGrayscale(Transform):
         return img.float().mean(0, keepdim=True)
 
 
-class AsGrayscaled(MapTransform):
+class AsGrayscaled(KeyWised):
     """Dictionary-based :class:`AsGrayscale`."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = AsGrayscale()
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
+        super().__init__(keys, AsGrayscale(), allow_missing_keys=allow_missing_keys)
 
 
 class ScaleIntensityInForeground(Transform):
@@ -98,18 +92,11 @@ def _subsample(v: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
     return v if v.numel() <= limit else v[:: v.numel() // limit + 1]
 
 
-class ScaleIntensityInForegroundd(MapTransform):
+class ScaleIntensityInForegroundd(KeyWised):
     """Dictionary-based :class:`ScaleIntensityInForeground`."""
 
     def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = ScaleIntensityInForeground(lower, upper)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
+        super().__init__(keys, ScaleIntensityInForeground(lower, upper), allow_missing_keys=allow_missing_keys)
 
 
 class LoadMaskd(MapTransform):

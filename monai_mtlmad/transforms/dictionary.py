@@ -15,6 +15,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
 from monai_mtlmad.transforms import functional as Fn
+from monai_mtlmad.transforms.keywise import KeyWised
 from monai_mtlmad.transforms.array import PseudoLabel, RandInpaintMask, RandJigsaw, RandOrientation, RandPseudoAnomaly
 
 __all__ = [
@@ -159,10 +160,8 @@ class RandPseudoAnomalyd(_RandTaskd):
         return self.transform(d[key], source=source, randomize=False)
 
 
-class PseudoLabeld(MapTransform):
+class PseudoLabeld(KeyWised):
     """Dictionary-based :class:`~monai_mtlmad.transforms.array.PseudoLabel`; writes ``{key}_{label_postfix}``."""
-
-    backend = PseudoLabel.backend
 
     def __init__(
         self,
@@ -172,15 +171,7 @@ class PseudoLabeld(MapTransform):
         label_postfix: str = "pseudo_label",
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = PseudoLabel(method, classes)
-        self.label_postfix = label_postfix
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[f"{key}_{self.label_postfix}"] = self.transform(d[key])
-        return d
+        super().__init__(keys, PseudoLabel(method, classes), label_postfix, allow_missing_keys)
 
 
 RandInpaintMaskD = RandInpaintMaskDict = RandInpaintMaskd

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_to_dst_type
+
+from monai_mtlmad.transforms.keywise import KeyWised
 
 __all__ = ["foreground_mask", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
 
@@ -67,23 +68,13 @@ class ForegroundMask(Transform):
         return convert_to_dst_type(mask, img, dtype=torch.bool)[0]
 
 
-class ForegroundMaskd(MapTransform):
+class ForegroundMaskd(KeyWised):
     """Dictionary-based :class:`ForegroundMask`; writes ``{key}_{mask_postfix}``."""
-
-    backend = ForegroundMask.backend
 
     def __init__(
         self, keys: KeysCollection, rim: float = 0.0, mask_postfix: str = "foreground", allow_missing_keys: bool = False
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = ForegroundMask(rim)
-        self.mask_postfix = mask_postfix
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[f"{key}_{self.mask_postfix}"] = self.transform(d[key])
-        return d
+        super().__init__(keys, ForegroundMask(rim), mask_postfix, allow_missing_keys)
 
 
 ForegroundMaskD = ForegroundMaskDict = ForegroundMaskd
