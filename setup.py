@@ -23,6 +23,8 @@ setup(
         "nibabel",
         "itk-core",
         "itk-io",
+        "fire",  # `python -m monai.bundle ...`
+        "jsonschema",  # `monai.bundle verify_metadata`
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "scikit-learn", "matplotlib"],

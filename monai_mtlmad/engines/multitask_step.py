@@ -12,7 +12,7 @@ from monai_mtlmad.losses.multitask import MultiTaskLoss
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.tasks.base import ProxyTask, TaskViews
 
-__all__ = ["build_task_batch", "fit_learner", "multitask_train_step"]
+__all__ = ["build_task_batch", "clip_and_step", "fit_learner", "multitask_loss", "multitask_train_step"]
 
 
 def build_task_batch(
@@ -46,6 +46,27 @@ def build_task_batch(
     return inputs, task_ids, views
 
 
+def multitask_loss(
+    net: torch.nn.Module,
+    tasks: Sequence[ProxyTask],
+    criterion: MultiTaskLoss,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    batch: Mapping | None = None,
+    images_per_task: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """All task views of a batch through ``net`` in one mixed pass; the joint loss and its parts.
+
+    ``net`` may be wrapped (e.g. ``DistributedDataParallel``): the MoE loss is read from the wrapped module.
+    """
+    with torch.no_grad():
+        inputs, task_ids, views = build_task_batch(tasks, images, generator, batch, images_per_task)
+    outputs = net(inputs, task_ids)
+    core = getattr(net, "module", net)
+    task_losses = {task.name: task.loss(outputs[task.name], v) for task, v in zip(tasks, views)}
+    return criterion(task_losses, core.aux_loss() if core.moe else None)
+
+
 def multitask_train_step(
     net: MTLMoENet,
     tasks: Sequence[ProxyTask],
@@ -74,17 +95,17 @@ def multitask_train_step(
         detached losses: per task, ``"moe"`` and ``"total"``.
     """
     net.train()
-    with torch.no_grad():
-        inputs, task_ids, views = build_task_batch(tasks, images, generator, batch, images_per_task)
-    outputs = net(inputs, task_ids)
-    task_losses = {task.name: task.loss(outputs[task.name], v) for task, v in zip(tasks, views)}
-    total, parts = criterion(task_losses, net.aux_loss() if net.moe else None)
+    total, parts = multitask_loss(net, tasks, criterion, images, generator, batch, images_per_task)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    clip_and_step(optimizer, grad_clip)
+    return parts
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
-    return parts
 
 
 def fit_learner(

@@ -1,7 +1,19 @@
 # Copyright (c) monai-mtlmad contributors
 # Licensed under the Apache License, Version 2.0
-"""Ignite handlers."""
+"""Ignite handlers: anomaly metrics, per-task TensorBoard statistics, model export and report writers."""
 
 from monai_mtlmad.handlers.anomaly_metrics import AnomalyMetricHandler
+from monai_mtlmad.handlers.writers import (
+    AnomalyMapWriter,
+    AnomalyReportWriter,
+    ModelExportHandler,
+    TaskStatsTensorBoardHandler,
+)
 
-__all__ = ["AnomalyMetricHandler"]
+__all__ = [
+    "AnomalyMapWriter",
+    "AnomalyMetricHandler",
+    "AnomalyReportWriter",
+    "ModelExportHandler",
+    "TaskStatsTensorBoardHandler",
+]

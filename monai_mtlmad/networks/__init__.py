@@ -3,6 +3,6 @@
 """Networks: the multi-task MoE learner and its blocks (no files, no training loop)."""
 
 from monai_mtlmad.networks.moe import MoEFeedForward, mutual_information_loss
-from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
+from monai_mtlmad.networks.mtl_moe_net import MTLMoENet, TaskHead
 
-__all__ = ["MTLMoENet", "MoEFeedForward", "mutual_information_loss"]
+__all__ = ["MTLMoENet", "MoEFeedForward", "TaskHead", "mutual_information_loss"]

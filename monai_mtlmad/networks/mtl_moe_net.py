@@ -17,7 +17,7 @@ from monai.networks.layers.factories import Conv, Pool
 
 from monai_mtlmad.networks.moe import MoEFeedForward
 
-__all__ = ["MTLMoENet"]
+__all__ = ["MTLMoENet", "TaskHead"]
 
 
 class MTLMoENet(nn.Module):
@@ -191,3 +191,21 @@ class MTLMoENet(nn.Module):
     def reset_usage(self) -> None:
         for m in self.moe_blocks():
             m.reset_usage()
+
+
+class TaskHead(nn.Module):
+    """One task of an :class:`MTLMoENet` as a single-input network: ``forward(x) -> net(x, task)[task]``.
+
+    For tools that call a network with one tensor (``monai.bundle verify_net_in_out``, TorchScript export,
+    plain inferers).
+    """
+
+    def __init__(self, network: MTLMoENet, task: str) -> None:
+        super().__init__()
+        if task not in network.task_names:
+            raise ValueError(f"unknown task {task!r}; the network has {network.task_names}.")
+        self.network, self.task, self.index = network, task, network.task_names.index(task)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = torch.full((x.shape[0],), self.index, dtype=torch.long, device=x.device)
+        return self.network(x, ids)[self.task]

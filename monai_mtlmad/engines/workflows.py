@@ -1,0 +1,176 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""Ignite engines: the multi-task trainer and the anomaly evaluator (MONAI ``Trainer`` / ``Evaluator``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from monai.engines import Evaluator, Trainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from monai_mtlmad.engines.multitask_step import clip_and_step, multitask_loss
+from monai_mtlmad.losses.multitask import MultiTaskLoss
+from monai_mtlmad.scoring.scorer import AnomalyScorer
+from monai_mtlmad.tasks.base import ProxyTask
+
+__all__ = ["MultiTaskTrainer", "AnomalyEvaluator", "batch_images"]
+
+
+def batch_images(batch: dict, key: str, device) -> torch.Tensor:
+    """The batch's ``key`` as a plain float tensor on ``device``."""
+    x = batch[key]
+    x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+    return x.to(device).float()
+
+
+class MultiTaskTrainer(Trainer):
+    """One optimizer step per batch over all proxy tasks, firing MONAI's iteration events.
+
+    ``engine.state.output`` holds ``Keys.IMAGE`` (the batch), ``Keys.LOSS`` (joint loss) and ``"losses"`` (per task,
+    ``moe``, ``total``), so MONAI's StatsHandler/TensorBoard handlers work as with ``SupervisedTrainer``. Task
+    curricula follow ``iteration / (max_epochs * epoch_length)``.
+
+    Args:
+        device, max_epochs, train_data_loader, epoch_length, train_handlers, amp: as ``SupervisedTrainer``.
+        network: the learner (possibly ``DistributedDataParallel``-wrapped).
+        tasks: its proxy tasks.
+        optimizer: optimises the network (and the loss' learned weights).
+        loss_function: :class:`~monai_mtlmad.losses.MultiTaskLoss`.
+        image_key: batch key of the images.
+        images_per_task: optional per-task subset of each batch.
+        grad_clip: max gradient norm.
+        seed: seed of the task views' generator (offset by the distributed rank).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: torch.nn.Module,
+        tasks: Sequence[ProxyTask],
+        optimizer: torch.optim.Optimizer,
+        loss_function: MultiTaskLoss,
+        epoch_length: int | None = None,
+        train_handlers: Sequence | None = None,
+        image_key: str = "image",
+        images_per_task: int | None = None,
+        grad_clip: float | None = 5.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            device=torch.device(device),
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            handlers=train_handlers,
+            decollate=False,
+        )
+        self.network, self.tasks, self.optimizer, self.loss_function = network, list(tasks), optimizer, loss_function
+        self.image_key, self.images_per_task, self.grad_clip = image_key, images_per_task, grad_clip
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.generator = torch.Generator(device=self.state.device).manual_seed(seed + 1000 * rank)
+
+    def _iteration(self, engine: MultiTaskTrainer, batchdata: dict) -> dict:  # type: ignore[override]
+        images = batch_images(batchdata, self.image_key, engine.state.device)
+        total_iterations = max(1, engine.state.max_epochs * (engine.state.epoch_length or 1))
+        for task in self.tasks:
+            task.set_progress((engine.state.iteration - 1) / total_iterations)
+        extra = {k: v.to(images.device) for k, v in batchdata.items() if torch.is_tensor(v) and len(v) == len(images)}
+        self.network.train()
+        engine.state.output = {Keys.IMAGE: images}
+        total, parts = multitask_loss(
+            self.network, self.tasks, self.loss_function, images, self.generator, extra, self.images_per_task
+        )
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = total
+        engine.state.output["losses"] = parts
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        clip_and_step(self.optimizer, self.grad_clip)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.state.output[Keys.LOSS] = total.detach()
+        return engine.state.output
+
+
+class AnomalyEvaluator(Evaluator):
+    """Scores every batch with an :class:`~monai_mtlmad.scoring.AnomalyScorer`.
+
+    ``engine.state.output`` holds ``image``, ``score``, ``label``, ``map``, ``mask`` (zeros without ground truth),
+    ``foreground``, ``task_scores``, ``task_maps``, ``p_value``, ``anomalous`` and ``meta`` (the image metadata,
+    e.g. file names and affines), so metric handlers and writers can read what they need.
+
+    Args:
+        device, val_data_loader, epoch_length, key_val_metric, additional_metrics, val_handlers: as
+            ``SupervisedEvaluator``.
+        scorer: the detector, or a callable returning it (so a trainer can hand over its current network).
+        calibration: optional iterable of normal batches; when given, the scorer is re-calibrated on it at the
+            start of each run (validation during training).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        val_data_loader: Iterable,
+        scorer: AnomalyScorer | Callable[[], AnomalyScorer],
+        calibration: Iterable | None = None,
+        epoch_length: int | None = None,
+        key_val_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        val_handlers: Sequence | None = None,
+        image_key: str = "image",
+    ) -> None:
+        super().__init__(
+            device=torch.device(device),
+            val_data_loader=val_data_loader,
+            epoch_length=epoch_length,
+            key_val_metric=key_val_metric,
+            additional_metrics=additional_metrics,
+            val_handlers=val_handlers,
+            decollate=False,
+        )
+        self._scorer = scorer
+        self.calibration = calibration
+        self.image_key = image_key
+        self.scorer: AnomalyScorer | None = None
+
+    def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
+        self.scorer = self._scorer() if callable(self._scorer) and not isinstance(self._scorer, AnomalyScorer) else self._scorer
+        if self.calibration is not None:
+            device = self.state.device
+            normals = (
+                batch_images(b, self.image_key, device)[torch.as_tensor(b.get("label", torch.zeros(len(b[self.image_key])))) == 0]
+                for b in self.calibration
+            )
+            self.scorer.fit(n for n in normals if len(n))
+        super().run(global_epoch)
+
+    def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:  # type: ignore[override]
+        images = batch_images(batchdata, self.image_key, engine.state.device)
+        fg = batchdata.get(f"{self.image_key}_foreground")
+        res = self.scorer.score(images, foreground=None if fg is None else torch.as_tensor(fg).to(images.device))
+        n = images.shape[0]
+        mask = batchdata.get("mask")
+        label = batchdata.get("label")
+        engine.state.output = {
+            Keys.IMAGE: images,
+            "score": res.score,
+            "label": torch.as_tensor(label).to(images.device).long() if label is not None else torch.zeros(n, dtype=torch.long),
+            "map": res.map,
+            "mask": batch_images(batchdata, "mask", images.device) if mask is not None else torch.zeros_like(res.map),
+            "foreground": res.foreground,
+            "task_scores": res.task_scores,
+            "task_maps": res.task_maps,
+            "p_value": res.p_value,
+            "anomalous": res.anomalous,
+            "meta": getattr(batchdata[self.image_key], "meta", {}),
+            "expert_usage": res.expert_usage,
+        }
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
