@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow benchmark clean
+.PHONY: demo task-check test test-slow benchmark clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,22 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# Until the detector and bundle exist, the demo trains the multi-task learner on generated phantoms and reports,
-# per task, a held-out figure against its chance level (what the learner can honestly show today).
+DEMO_DATA := runs/demo_data
+DEMO_RUN := runs/demo
+BUNDLE := $(BIN)/python -W ignore -m monai.bundle run --bundle_root bundle --dataset_dir $(DEMO_DATA) --output_dir $(DEMO_RUN)
+
+# The main job: generate the phantom demo data (BMAD layout), train the bundle, evaluate on the test split,
+# print the metrics beside their trivial baselines. Leaves runs/demo/ with metrics.json, scores.csv, overlays/,
+# models/model.pt and TensorBoard logs. About 6 minutes on 2 CPU cores.
 demo: $(STAMP)
-	$(BIN)/python scripts/check_tasks.py --steps 200 --size 96 --output runs/demo
+	$(BIN)/python -c "from monai_mtlmad.data import make_demo_dataset; make_demo_dataset('$(DEMO_DATA)', 2)"
+	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 24 --val_interval 8
+	$(BUNDLE) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']"
+	$(BIN)/python scripts/print_metrics.py $(DEMO_RUN)/metrics.json
+
+# Each proxy task's held-out figure against its chance level, and the routing of the experts.
+task-check: $(STAMP)
+	$(BIN)/python scripts/check_tasks.py --steps 400 --size 128 --shared --output runs/task_check
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -93,6 +93,7 @@ class AnomalyScorer:
     ) -> None:
         if image_score not in ("map_quantile", "task_mean"):
             raise ValueError(f"image_score must be 'map_quantile' or 'task_mean', got {image_score!r}.")
+        net = getattr(net, "module", net)  # a DistributedDataParallel-wrapped learner scores as itself
         names = [t.name for t in tasks]
         if names != list(net.task_names):
             raise ValueError(f"tasks {names} do not match the network's tasks {net.task_names}.")

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Print a run's metrics.json as a table, each figure beside its trivial baseline.
+
+    python scripts/print_metrics.py runs/demo/metrics.json
+"""
+
+import json
+import sys
+
+
+def fmt(v):
+    return "  -  " if v is None else f"{v:.3f}"
+
+
+def main(path: str) -> None:
+    m = json.loads(open(path).read())
+    print(f"\n{path}: {m['n_images']} images ({m['n_anomalous']} anomalous)\n")
+    print(f"{'figure':34s} {'detector':>9s} {'trivial baseline':>18s}")
+    rows = [
+        ("image AUROC", m["image_auroc"], m["baseline_image_auroc_foreground"], "(foreground fraction)"),
+        ("image average precision", m["image_ap"], None, ""),
+        ("image F1-max", m["image_f1max"], None, ""),
+        ("pixel AUROC", m["pixel_auroc"], m["baseline_pixel_auroc_intensity"], "(raw intensity)"),
+        ("pixel AUROC inside anomalous images", m["pixel_auroc_anomalous"], None, ""),
+        ("pixel AUPRO (FPR <= 0.3)", m["pixel_aupro"], None, ""),
+        ("pixel Dice (best threshold)", m["pixel_dice"], None, ""),
+    ]
+    for name, v, base, what in rows:
+        print(f"{name:34s} {fmt(v):>9s} {fmt(base) if base is not None else '':>9s} {what}")
+    print("\nimage AUROC of each task alone: " + ", ".join(f"{k} {fmt(v)}" for k, v in m["per_task"].items()))
+    print(f"flagged at the calibrated threshold: {m['flagged_fraction']:.2f} of the images\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/metrics.json")
