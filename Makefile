@@ -23,7 +23,7 @@ BUNDLE := $(BIN)/python -W ignore -m monai.bundle run --bundle_root bundle --dat
 # models/model.pt and TensorBoard logs. About 6 minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(BIN)/python -c "from monai_mtlmad.data import make_demo_dataset; make_demo_dataset('$(DEMO_DATA)', 2)"
-	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 24 --val_interval 8
+	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 20 --val_interval 10
 	$(BUNDLE) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']"
 	$(BIN)/python scripts/print_metrics.py $(DEMO_RUN)/metrics.json
 

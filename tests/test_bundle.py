@@ -149,3 +149,14 @@ def test_ddp_two_processes_gloo(tmp_path):
     state = torch.load(run / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state["network"])  # the unwrapped network, loadable anywhere
     assert state["scorer"]["threshold"] is not None
+
+
+def test_validation_without_anomalies_uses_task_loss(tmp_path):
+    data = make_demo_dataset(tmp_path / "data", 2, n_train=4, n_valid=1, n_test=2, size=32)  # valid: one normal
+    assert not list((data / "valid").glob("Ungood"))
+    run = tmp_path / "run"
+    out = bundle("run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32),
+                 "--max_epochs", "2", "--val_interval", "1")
+    log = out.stdout + out.stderr
+    assert "Key metric: val_neg_task_loss best value" in log
+    assert list((run / "checkpoints").glob("best_network*.pt")) and (run / "models" / "model.pt").exists()

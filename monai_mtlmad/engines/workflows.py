@@ -111,6 +111,8 @@ class AnomalyEvaluator(Evaluator):
         scorer: the detector, or a callable returning it (so a trainer can hand over its current network).
         calibration: optional iterable of normal batches; when given, the scorer is re-calibrated on it at the
             start of each run (validation during training).
+        task_loss: also put the joint task loss on fixed-seed training views of each batch in ``output["loss"]``:
+            the validation figure when the validation split holds no anomalous image.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class AnomalyEvaluator(Evaluator):
         additional_metrics: dict | None = None,
         val_handlers: Sequence | None = None,
         image_key: str = "image",
+        task_loss: bool = False,
     ) -> None:
         super().__init__(
             device=torch.device(device),
@@ -137,6 +140,7 @@ class AnomalyEvaluator(Evaluator):
         self._scorer = scorer
         self.calibration = calibration
         self.image_key = image_key
+        self.task_loss = task_loss
         self.scorer: AnomalyScorer | None = None
 
     def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
@@ -171,6 +175,14 @@ class AnomalyEvaluator(Evaluator):
             "meta": getattr(batchdata[self.image_key], "meta", {}),
             "expert_usage": res.expert_usage,
         }
+        if self.task_loss:
+            tasks = self.scorer.tasks
+            with torch.no_grad():
+                total, _ = multitask_loss(
+                    self.scorer.net, tasks, MultiTaskLoss([t.name for t in tasks]), images,
+                    torch.Generator(device=images.device).manual_seed(0),
+                )
+            engine.state.output["loss"] = float(total)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

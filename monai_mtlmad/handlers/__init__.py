@@ -4,16 +4,20 @@
 
 from monai_mtlmad.handlers.anomaly_metrics import AnomalyMetricHandler
 from monai_mtlmad.handlers.writers import (
+    AnomalyMapTensorBoardHandler,
     AnomalyMapWriter,
     AnomalyReportWriter,
     ModelExportHandler,
+    ProgressBarIfInteractive,
     TaskStatsTensorBoardHandler,
 )
 
 __all__ = [
+    "AnomalyMapTensorBoardHandler",
     "AnomalyMapWriter",
     "AnomalyMetricHandler",
     "AnomalyReportWriter",
     "ModelExportHandler",
+    "ProgressBarIfInteractive",
     "TaskStatsTensorBoardHandler",
 ]

@@ -21,7 +21,14 @@ from monai_mtlmad.metrics.functional import roc_auc
 from monai_mtlmad.scoring.overlay import render_overlay
 from monai_mtlmad.scoring.scorer import AnomalyScorer
 
-__all__ = ["TaskStatsTensorBoardHandler", "ModelExportHandler", "AnomalyReportWriter", "AnomalyMapWriter"]
+__all__ = [
+    "TaskStatsTensorBoardHandler",
+    "ModelExportHandler",
+    "AnomalyReportWriter",
+    "AnomalyMapWriter",
+    "AnomalyMapTensorBoardHandler",
+    "ProgressBarIfInteractive",
+]
 
 
 def _is_main() -> bool:
@@ -245,3 +252,60 @@ class AnomalyMapWriter:
             w = csv.writer(f)
             w.writerow(["file", "score", "p_value", "anomalous"])
             w.writerows(self.rows)
+
+
+class AnomalyMapTensorBoardHandler:
+    """After each evaluation: the first batch's images and fused maps as TensorBoard images (3D: middle slice),
+    at the evaluator's epoch (the trainer's, under MONAI's ``ValidationHandler``), so maps can be watched
+    improving during training.
+
+    Args:
+        log_dir: TensorBoard folder.
+        max_images: images shown.
+    """
+
+    def __init__(self, log_dir: str | Path, max_images: int = 4) -> None:
+        self.log_dir, self.max_images = str(log_dir), max_images
+        self.writer = None
+        self.first: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not _is_main():
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(self.log_dir)
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: setattr(self, "first", None))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.keep)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def keep(self, engine: Engine) -> None:
+        if self.first is None:
+            o = engine.state.output
+            self.first = {"image": o["image"][: self.max_images].cpu(), "map": o["map"][: self.max_images].cpu()}
+
+    def write(self, engine: Engine) -> None:
+        if self.first is None:
+            return
+        step = engine.state.epoch
+        for key in ("image", "map"):
+            x = self.first[key].float()
+            if x.ndim == 5:
+                x = x[..., x.shape[-1] // 2]
+            x = x.mean(1, keepdim=True)
+            lo = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
+            hi = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
+            self.writer.add_images(f"validation/{key}", (x - lo) / (hi - lo).clamp_min(1e-8), step)
+        self.writer.flush()
+
+
+class ProgressBarIfInteractive:
+    """Ignite's progress bar with the running loss, only when stderr is a terminal (not in logs and CI)."""
+
+    def attach(self, engine: Engine) -> None:
+        import sys
+
+        if sys.stderr.isatty() and _is_main():
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=False).attach(engine, output_transform=lambda o: {"loss": float(o["loss"])} if isinstance(o, dict) and "loss" in o else None)
