@@ -18,6 +18,9 @@ setup(
         "torch>=2.8",
         "numpy",
         "scikit-image",
+        "scipy",
+        "pillow",
+        "matplotlib",  # overlay pictures
         "pytorch-ignite",
         "tensorboard",
         "nibabel",
@@ -27,7 +30,7 @@ setup(
         "jsonschema",  # `monai.bundle verify_metadata`
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "scikit-learn", "matplotlib"],
+        "test": ["pytest", "pytest-timeout", "scikit-learn"],
         "monailabel": ["monailabel"],
         "notebooks": ["jupyter", "nbconvert", "matplotlib"],
     },

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from monai.engines import Evaluator, Trainer
@@ -16,7 +16,7 @@ from monai_mtlmad.losses.multitask import MultiTaskLoss
 from monai_mtlmad.scoring.scorer import AnomalyScorer
 from monai_mtlmad.tasks.base import ProxyTask
 
-__all__ = ["MultiTaskTrainer", "AnomalyEvaluator", "batch_images"]
+__all__ = ["MultiTaskTrainer", "AnomalyEvaluator", "batch_images", "normal_batches"]
 
 
 def batch_images(batch: dict, key: str, device) -> torch.Tensor:
@@ -24,6 +24,15 @@ def batch_images(batch: dict, key: str, device) -> torch.Tensor:
     x = batch[key]
     x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
     return x.to(device).float()
+
+
+def normal_batches(loader: Iterable, key: str, device) -> Iterator[torch.Tensor]:
+    """The normal images (``label`` 0, or all when a batch has no labels) of each batch, skipping empty ones."""
+    for b in loader:
+        images = batch_images(b, key, device)
+        labels = torch.as_tensor(b.get("label", torch.zeros(len(images)))).to(device)
+        if (labels == 0).any():
+            yield images[labels == 0]
 
 
 class MultiTaskTrainer(Trainer):
@@ -146,12 +155,7 @@ class AnomalyEvaluator(Evaluator):
     def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
         self.scorer = self._scorer() if callable(self._scorer) and not isinstance(self._scorer, AnomalyScorer) else self._scorer
         if self.calibration is not None:
-            device = self.state.device
-            normals = (
-                batch_images(b, self.image_key, device)[torch.as_tensor(b.get("label", torch.zeros(len(b[self.image_key])))) == 0]
-                for b in self.calibration
-            )
-            self.scorer.fit(n for n in normals if len(n))
+            self.scorer.fit(normal_batches(self.calibration, self.image_key, self.state.device))
         super().run(global_epoch)
 
     def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:  # type: ignore[override]

@@ -103,16 +103,10 @@ class ModelExportHandler:
     def __call__(self, engine: Engine) -> None:
         if not _is_main():
             return
-        from monai_mtlmad.engines.workflows import batch_images
+        from monai_mtlmad.engines.workflows import normal_batches
 
-        device = self.device or engine.state.device
         scorer = self.scorer()
-        batches = []
-        for b in self.calibration:
-            images = batch_images(b, "image", device)
-            labels = torch.as_tensor(b.get("label", torch.zeros(len(images)))).to(device)
-            if (labels == 0).any():
-                batches.append(images[labels == 0])
+        batches = list(normal_batches(self.calibration, "image", self.device or engine.state.device))
         if not batches:
             raise ValueError("no normal image to calibrate the scorer on: the calibration split holds none.")
         scorer.fit(batches)

@@ -178,6 +178,8 @@ class AnomalyScorer:
                 errors[name].append(err.float().cpu())
                 if emap is not None:
                     values[name].append(emap[fg].float().cpu())
+        if not kept:
+            raise ValueError("fit needs at least one normal image; none was given.")
         g = torch.Generator().manual_seed(0)
         self.stats = {}
         for name in errors:
