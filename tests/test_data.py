@@ -196,3 +196,23 @@ def test_demo_dataset_2d_and_3d_cached_loading(tmp_path):
     out = det3(bmad_datalist(root3, "test")[-1])
     assert out["image"].shape == (1, 24, 24, 24) and float(out["mask"].sum()) > 0
     assert float((out["image"] * out["mask"]).sum()) > 0
+
+
+def test_dicom_series_folder(tmp_path):
+    import itk
+
+    series = tmp_path / "studies" / "patient1"
+    series.mkdir(parents=True)
+    arr = (np.random.default_rng(0).random((5, 16, 12)) * 1000).astype(np.int16)  # (z, y, x)
+    img = itk.image_from_array(arr)
+    img.SetSpacing([0.8, 0.9, 2.0])
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New(
+        Input=img, FileNames=[str(series / f"slice{i:03d}.dcm") for i in range(5)], ImageIO=itk.GDCMImageIO.New()
+    )
+    writer.Update()
+    items = folder_datalist(tmp_path / "studies")
+    assert items == [{"image": str(series), "label": 0, "mask": None}]  # the folder is one study
+    det, _ = preprocessing("mri", 16, spatial_dims=3, with_mask=False)
+    out = det(items[0])
+    assert out["image"].shape == (1, 16, 16, 16)
+    assert LoadImage(image_only=True)(str(series)).shape == (12, 16, 5)
