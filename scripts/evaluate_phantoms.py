@@ -24,7 +24,7 @@ from monai_mtlmad.data import head_phantoms, insert_lesions
 from monai_mtlmad.engines import fit_learner
 from monai_mtlmad.metrics import compute_anomaly_metrics
 from monai_mtlmad.networks import MTLMoENet
-from monai_mtlmad.scoring import AnomalyScorer, foreground_mask, render_overlay
+from monai_mtlmad.scoring import AnomalyScorer, foreground_mask, foreground_quantile, render_overlay
 from monai_mtlmad.tasks import DEFAULT_TASKS, create_tasks
 
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro", "pixel_auroc_anomalous")
@@ -41,12 +41,6 @@ def make_data(args):
     masks = torch.cat([torch.zeros(normal.shape, dtype=torch.bool), torch.from_numpy(lesion)])
     labels = torch.cat([torch.zeros(args.n_test), torch.ones(args.n_test)]).long()
     return torch.from_numpy(train), torch.from_numpy(calib), images, masks, labels
-
-
-def map_quantile(maps, fg, q):
-    low = maps.flatten(1).min(1).values.view(-1, *([1] * (maps.ndim - 1)))
-    maps = torch.where(fg, maps, low)
-    return torch.stack([torch.quantile(m[f], q) for m, f in zip(maps, fg)]), maps
 
 
 def train_autoencoder(train, seconds, args):
@@ -95,7 +89,7 @@ def main() -> None:
         print(f"{name:28s} " + " ".join(f"{k}={m[k]:.3f}" if m[k] is not None else f"{k}=-" for k in COLUMNS), flush=True)
 
     record("trivial: foreground fraction", fg.flatten(1).float().mean(1))
-    record("trivial: raw intensity (map)", map_quantile(images, fg, 0.99)[0], images)
+    record("trivial: raw intensity (map)", foreground_quantile(images, fg, 0.99)[0], images)
     train_seconds = None
     for moe in (True, False) if args.shared else (True,):
         tag = "MoE" if moe else "shared"
@@ -116,7 +110,7 @@ def main() -> None:
             for name, s in res.task_scores.items():
                 tmap = res.task_maps.get(name)
                 if tmap is not None:
-                    q, tmap = map_quantile(tmap, res.foreground, 0.99)
+                    q, tmap = foreground_quantile(tmap, res.foreground, 0.99)
                     record(f"  {name} alone (map q99)", q, tmap)
                 record(f"  {name} alone (image error)", s, tmap)
             scorer.save(out / "model.pt")
@@ -134,7 +128,7 @@ def main() -> None:
     with torch.no_grad():
         err = (ae(images) - images).abs()
     err = GaussianFilter(args.spatial_dims, 2.0)(err)
-    q, emap = map_quantile(err, fg, 0.99)
+    q, emap = foreground_quantile(err, fg, 0.99)
     record(f"autoencoder ({ae_steps} steps, same time)", q, emap)
     (out / "phantom_eval.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     lines = ["| scorer | " + " | ".join(COLUMNS) + " |", "| --- |" + " --- |" * len(COLUMNS)]

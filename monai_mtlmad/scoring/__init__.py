@@ -5,6 +5,6 @@
 from monai_mtlmad.transforms.foreground import foreground_mask
 
 from monai_mtlmad.scoring.overlay import render_overlay
-from monai_mtlmad.scoring.scorer import AnomalyScorer, AnomalyScores
+from monai_mtlmad.scoring.scorer import AnomalyScorer, AnomalyScores, foreground_quantile
 
-__all__ = ["AnomalyScorer", "AnomalyScores", "foreground_mask", "render_overlay"]
+__all__ = ["AnomalyScorer", "AnomalyScores", "foreground_mask", "foreground_quantile", "render_overlay"]

@@ -27,7 +27,7 @@ from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.transforms.foreground import foreground_mask
 from monai_mtlmad.tasks.base import ProxyTask
 
-__all__ = ["AnomalyScorer", "AnomalyScores"]
+__all__ = ["AnomalyScorer", "AnomalyScores", "foreground_quantile"]
 
 _MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
@@ -226,9 +226,7 @@ class AnomalyScorer:
             return task_mean, task_mean, task_scores, None, task_maps
         dense_total = sum(w[n] for n in task_maps)
         fused = sum(w[n] * m for n, m in task_maps.items()) / max(dense_total, 1e-12)
-        low = fused.flatten(1).min(1).values.view(-1, *([1] * (fused.ndim - 1)))
-        fused = torch.where(fg, fused, low)  # outside the tissue of interest: the image's lowest value
-        quant = torch.stack([torch.quantile(_sample(f[m]), self.quantile) for f, m in zip(fused, fg)])
+        quant, fused = foreground_quantile(fused, fg, self.quantile)
         return quant, task_mean, task_scores, fused, task_maps
 
     def score(self, images: torch.Tensor, foreground: torch.Tensor | None = None, batch: Mapping | None = None) -> AnomalyScores:
@@ -291,6 +289,14 @@ class AnomalyScorer:
             raise ValueError(f"{path}: missing 'network' or 'scorer' entries; not saved by AnomalyScorer.save.")
         net.load_state_dict(state["network"])
         return cls(net, tasks).load_state_dict(state["scorer"])
+
+
+def foreground_quantile(maps: torch.Tensor, foreground: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image ``q``-quantile of ``maps (B, 1, *spatial)`` inside ``foreground``, and the maps with every pixel
+    outside the foreground set to that image's lowest value (so it never ranks as anomalous)."""
+    low = maps.flatten(1).min(1).values.view(-1, *([1] * (maps.ndim - 1)))
+    maps = torch.where(foreground, maps, low)
+    return torch.stack([torch.quantile(_sample(m[f]), q) for m, f in zip(maps, foreground)]), maps
 
 
 def _robust(v: torch.Tensor) -> tuple[float, float]:
