@@ -144,6 +144,8 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run / "checkpoints" / "checkpoint_epoch=1.pt").exists()
     assert (run / "models" / "model.pt").exists()
+    writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}  # the pid of each writer
+    assert len(writers) == 1, "only rank 0 writes TensorBoard logs"
     import torch
 
     state = torch.load(run / "models" / "model.pt", weights_only=True)
