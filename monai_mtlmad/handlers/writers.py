@@ -118,13 +118,14 @@ class AnomalyReportWriter:
     """Collects an :class:`~monai_mtlmad.engines.AnomalyEvaluator` run and writes, at its end:
 
     - ``metrics.json``: :func:`~monai_mtlmad.metrics.compute_anomaly_metrics` keys (pixel ones null without masks),
-      ``per_task`` (each task's image AUROC), ``n_images``, the threshold and the flagged fraction;
+      ``per_task`` (each task's image AUROC), ``n_images``, ``n_anomalous`` and ``flagged_fraction`` (the share of
+      images at or above the scorer's threshold);
     - ``scores.csv``: file, label, score, p-value, anomalous, per-task scores;
     - ``overlays/``: pictures of the ``num_overlays`` highest- and lowest-scoring cases.
     """
 
-    def __init__(self, output_dir: str | Path, num_overlays: int = 3, scorer: Callable[[], AnomalyScorer] | None = None):
-        self.output_dir, self.num_overlays, self.scorer = Path(output_dir), num_overlays, scorer
+    def __init__(self, output_dir: str | Path, num_overlays: int = 3) -> None:
+        self.output_dir, self.num_overlays = Path(output_dir), num_overlays
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:

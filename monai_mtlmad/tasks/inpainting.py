@@ -61,10 +61,8 @@ class InpaintingTask(ProxyTask):
         return (weight * err).sum() / weight.sum()
 
     def inference_views(self, images: torch.Tensor, batch: Mapping | None = None) -> Iterator[TaskViews]:
-        masks = self.transform.inference_masks(images.shape[2:], images.device)
-        for mask in masks:
-            m = mask.expand(images.shape[0], *mask.shape)
-            yield TaskViews(self.transform.apply_mask(images, m), images, {"mask": m.unsqueeze(1).float()})
+        for views, mask in self.transform.inference_views(images):
+            yield TaskViews(views, images, {"mask": mask})
 
     def error(self, output: torch.Tensor, views: TaskViews) -> tuple[torch.Tensor, torch.Tensor]:
         emap = (output - views.target).abs().mean(1, keepdim=True) * views.info["mask"]

@@ -80,9 +80,8 @@ class PseudoLabelTask(ProxyTask):
     def inference_views(self, images: torch.Tensor, batch: Mapping | None = None) -> Iterator[TaskViews]:
         blurred = self.blur.to(images.device)(images)
         labels = self.labels(images, batch)
-        for mask in self.mask.inference_masks(images.shape[2:], images.device):
-            m = mask.expand(images.shape[0], *mask.shape)
-            yield TaskViews(self.mask.apply_mask(blurred, m), labels, {"mask": m.unsqueeze(1).float()})
+        for views, mask in self.mask.inference_views(blurred):
+            yield TaskViews(views, labels, {"mask": mask})
 
     def error(self, output: torch.Tensor, views: TaskViews) -> tuple[torch.Tensor, torch.Tensor]:
         ce = F.cross_entropy(output, views.target, reduction="none").unsqueeze(1)

@@ -14,7 +14,7 @@ pseudo-anomaly contrasts are given in those units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -96,6 +96,13 @@ class RandInpaintMask(_BatchedRandomizable):
     def inference_masks(self, spatial_shape: Sequence[int], device=None) -> torch.Tensor:
         """The K complementary masks ``(K, *spatial_shape)`` (bool), each pixel hidden by exactly one."""
         return Fn.lattice_masks(spatial_shape, self.patch_size, self.stride, device)
+
+    def inference_views(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The deterministic views of ``x (B, C, *spatial)``: ``(views, masks (B, 1, *spatial) float)`` for each of
+        the K complementary masks."""
+        for mask in self.inference_masks(x.shape[2:], x.device):
+            m = mask.expand(x.shape[0], *mask.shape)
+            yield self.apply_mask(x, m), m.unsqueeze(1).float()
 
     def apply_mask(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Hide ``masks (B, *spatial)`` in ``x (B, C, *spatial)``."""
