@@ -29,7 +29,8 @@ def trained():
 def test_calibration_on_normals_sets_fpr_threshold_and_p_values(trained):
     net, tasks = trained
     normals = torch.from_numpy(head_phantoms(20, (48, 48), seed=11))
-    scorer = AnomalyScorer(net, tasks, fpr=0.1, rim=0.06).fit(normals)
+    with pytest.warns(UserWarning, match="calibrating on 20 normal images"):  # below 30: says so
+        scorer = AnomalyScorer(net, tasks, fpr=0.1, rim=0.06).fit(normals)
     assert set(scorer.stats) == set(DEFAULT_TASKS)
     assert "pixel_loc" not in scorer.stats["orientation"] and "pixel_scale" in scorer.stats["inpainting"]
     res = scorer.score(normals)
@@ -39,12 +40,35 @@ def test_calibration_on_normals_sets_fpr_threshold_and_p_values(trained):
     # normalised task scores of the calibration normals are centred (median 0) on a robust unit scale
     for name, s in res.task_scores.items():
         assert abs(float(s.median())) < 1e-4, name
+    # task maps are normalised after smoothing: on these normals each one has median 0 and unit robust scale
+    from monai_mtlmad.scoring.scorer import _robust
+
+    for name, m in res.task_maps.items():
+        loc, scale = _robust(m[res.foreground])
+        assert abs(loc) < 1e-3 and scale == pytest.approx(1.0, rel=1e-3), (name, loc, scale)
     assert res.map.shape == (20, 1, 48, 48) and set(res.task_maps) == {
         "inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"
     }
     assert not bool(res.foreground[:, :, 0, 0].any())  # the corner is background
     usage = res.expert_usage["bottleneck_moe"]["selection"]
     assert usage.shape == (5, 4) and torch.allclose(usage.sum(1), torch.full((5,), 2.0))
+
+
+def test_scoring_keeps_the_routing_statistics_of_training(trained):
+    """A validation run in the middle of a training epoch must not change the routing that epoch recorded."""
+    net, tasks = trained
+    scorer = AnomalyScorer(net, tasks).fit(torch.from_numpy(head_phantoms(4, (48, 48), seed=17)))
+    net.reset_usage()
+    net.train()
+    ids = torch.arange(len(tasks)).repeat_interleave(2)
+    net(torch.from_numpy(head_phantoms(2 * len(tasks), (48, 48), seed=18)), ids)  # "training" routing
+    before = net.expert_usage()
+    res = scorer.score(torch.from_numpy(head_phantoms(3, (48, 48), seed=19)))
+    after = net.expert_usage()
+    for block in before:
+        for kind in ("selection", "probability"):
+            torch.testing.assert_close(after[block][kind], before[block][kind])
+            assert not torch.allclose(res.expert_usage[block][kind], before[block][kind])  # scoring's own routing
 
 
 def test_scores_rank_lesions_and_f1_threshold(trained):
@@ -98,6 +122,70 @@ def test_save_load_round_trip(trained, tmp_path):
         AnomalyScorer(net, tasks[:2])
 
 
+def test_model_file_rebuilds_the_whole_detector(tmp_path):
+    """The model file alone gives the same detector: network arguments, non-default task options, preprocessing
+    (with every default written out) and calibration."""
+    from monai_mtlmad import __version__
+
+    torch.manual_seed(0)
+    tasks = create_tasks(["inpainting", {"name": "jigsaw", "grid": 2}, "orientation", "pseudo_anomaly", "pseudo_label"], 2)
+    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(8, 16, 32), strides=(2, 2, 2), num_experts=3)
+    fit_learner(net, tasks, torch.from_numpy(head_phantoms(8, (48, 48), seed=30)), steps=3, batch_size=2)
+    scorer = AnomalyScorer(net, tasks, rim=0.1, fpr=0.2, image_score="task_mean",
+                           preprocessing={"preset": "mri", "spatial_size": 48})
+    normals = torch.from_numpy(head_phantoms(6, (48, 48), seed=31))
+    scorer.fit(normals)
+    scorer.training = {"epoch": 7, "selection": "test"}
+    path = tmp_path / "model.pt"
+    scorer.save(path)
+    state = torch.load(path, weights_only=True)
+    assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/1"
+    assert state["tasks"][1] == {"name": "jigsaw", "grid": 2}
+    assert state["preprocessing"] == {"preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None}
+    loaded = AnomalyScorer.load(path)
+    assert loaded.net.config == net.config and loaded.net is not net
+    assert [t.spec for t in loaded.tasks] == [t.spec for t in tasks] and loaded.tasks[1].out_channels == tasks[1].out_channels
+    assert (loaded.rim, loaded.fpr, loaded.image_score, loaded.training) == (0.1, 0.2, "task_mean", scorer.training)
+    a, b = scorer.score(normals), loaded.score(normals)
+    torch.testing.assert_close(a.score, b.score)
+    torch.testing.assert_close(a.map, b.map)
+    det, _ = loaded.preprocessing()
+    assert [type(t).__name__ for t in det.transforms][-3:] == ["ScaleIntensityInForegroundd", "Resized", "ForegroundMaskd"]
+    # a file from before the model files described themselves cannot rebuild a network on its own
+    del state["network_config"]
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="old.pt: an older model file"):
+        AnomalyScorer.load(tmp_path / "old.pt")
+
+
+def test_calibration_is_cross_fitted():
+    """Each calibration normal's score comes from normalisation statistics fitted without it: with one fold per
+    image, the normal scores are exactly those of leave-one-out calibrations."""
+    net, tasks = small(seed=3)
+    normals = torch.from_numpy(head_phantoms(6, (32, 32), seed=40))
+    scorer = AnomalyScorer(net, tasks, folds=6).fit(normals)
+    assert scorer.calibration == {"images": 6, "folds": 6}
+    for kind in ("map_quantile", "task_mean"):
+        out_of_fold = []
+        for i in range(6):
+            others = torch.cat([normals[:i], normals[i + 1 :]])
+            held = AnomalyScorer(net, tasks, folds=1, image_score=kind).fit(others).score(normals[i : i + 1])
+            out_of_fold.append(float(held.score[0]))
+        torch.testing.assert_close(scorer.normal_scores[kind], torch.tensor(sorted(out_of_fold)), rtol=1e-4, atol=1e-5)
+        in_sample = AnomalyScorer(net, tasks, folds=1, image_score=kind).fit(normals).score(normals).score
+        assert not torch.allclose(scorer.normal_scores[kind], torch.sort(in_sample).values, atol=1e-3)
+
+
+def test_scales_cannot_collapse_when_a_task_is_solved_on_every_normal():
+    from monai_mtlmad.scoring.scorer import _robust
+
+    solved = torch.full((20,), 1e-4)  # errors identical on every normal: MAD 0
+    loc, scale = _robust(solved)
+    assert loc == pytest.approx(1e-4, rel=1e-5) and scale == pytest.approx(0.05 * 1e-4, rel=1e-5)
+    heavy = torch.cat([torch.zeros(95), torch.tensor([5.0, 6.0, 7.0, 8.0, 9.0])])  # MAD 0, a heavy upper tail
+    assert _robust(heavy)[1] > 1.0  # the tail sets the scale: a normal-looking 9 is not millions of "MADs"
+
+
 def test_foreground_strips_the_skull_rim():
     images, brain = head_phantoms(4, (96, 96), seed=3, return_brain=True)
     head = foreground_mask(images).numpy()
@@ -112,10 +200,18 @@ def test_foreground_strips_the_skull_rim():
 def test_3d_sliding_window_scores_full_volume():
     net, tasks = small(3)
     vol = torch.from_numpy(head_phantoms(3, (32, 32, 32), seed=4))
-    scorer = AnomalyScorer(net, tasks, roi_size=(16, 16, 16), batch_size=2).fit(vol[:2])
-    res = scorer.score(vol[2:])
-    assert res.map.shape == (1, 1, 32, 32, 32) and torch.isfinite(res.map).all()
-    assert torch.isfinite(res.score).all()
+    blob = torch.zeros(32, 32, 32, dtype=torch.bool)
+    blob[18:26, 6:14, 8:16] = True  # a bright block in one corner of the third volume
+    vol[2, 0][blob] = 1.0
+    whole = AnomalyScorer(net, tasks, batch_size=2).fit(vol[:2])
+    windows = AnomalyScorer(net, tasks, roi_size=(16, 16, 16), batch_size=2).fit(vol[:2])
+    res = windows.score(vol[2:])
+    assert res.map.shape == (1, 1, 32, 32, 32) and torch.isfinite(res.map).all() and torch.isfinite(res.score).all()
+    # windows stitched in place: even untrained, inpainting fails most on the block, as on the whole volume
+    by_window, at_once = windows.raw(vol[2:])["inpainting"][1][0, 0], whole.raw(vol[2:])["inpainting"][1][0, 0]
+    assert blob[np.unravel_index(int(by_window.argmax()), by_window.shape)]
+    assert by_window[blob].mean() > 2 * by_window[~blob].mean()
+    assert float(np.corrcoef(by_window.flatten(), at_once.flatten())[0, 1]) > 0.9  # measured 0.98
 
 
 def test_overlay_png_2d_and_3d(tmp_path, trained):
@@ -126,7 +222,22 @@ def test_overlay_png_2d_and_3d(tmp_path, trained):
     mask = torch.zeros(1, 48, 48)
     mask[0, 10:20, 10:20] = 1
     p = render_overlay(tmp_path / "o.png", img[0], res.map[0], {k: v[0] for k, v in res.task_maps.items()}, mask, "t")
-    assert p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    assert Image.open(p).size == (80 * 3 * (2 + 4), int(80 * 3.3))  # image, fused map and the four task maps
     vol = torch.rand(1, 8, 8, 8)
     p3 = render_overlay(tmp_path / "o3.png", vol, vol, {"x": vol}, vol > 0.5)
-    assert p3.exists()
+    assert Image.open(p3).size == (80 * 3 * 3, int(80 * 3.3))
+
+
+def test_pixel_exact_map_pictures():
+    from monai_mtlmad.scoring.overlay import blend_map, map_to_uint8
+
+    amap = np.array([[-1.0, 0.0, 1.0, 2.0, 4.0]])
+    np.testing.assert_array_equal(map_to_uint8(amap, threshold=1.0), [[0, 0, 128, 255, 255]])  # 128: the threshold
+    picture = np.array([[0, 50, 100, 150, 200]], np.uint8)
+    out = blend_map(picture, amap, threshold=1.0)
+    assert out.shape == (1, 5, 3) and out.dtype == np.uint8
+    assert (out[0, :2] == out[0, :2, :1]).all()  # at or below 0: the picture in plain grey
+    np.testing.assert_array_equal(out[0, :2, 0], [0, 64])  # its grey levels rescaled to 0..255
+    assert out[0, 3, 0] > out[0, 3, 1] + 60  # at twice the threshold: strongly coloured (red end of jet)

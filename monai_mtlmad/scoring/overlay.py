@@ -1,6 +1,7 @@
 # Copyright (c) monai-mtlmad contributors
 # Licensed under the Apache License, Version 2.0
-"""One picture per case: the image, the fused map over it, each task's map, and the ground truth contour."""
+"""Pictures of anomaly maps: one panel figure per case (the image, the fused map over it, each task's map, the
+ground truth contour), and pixel-exact renderings that lie on the input picture (8-bit map, colour overlay)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["render_overlay"]
+__all__ = ["render_overlay", "map_to_uint8", "blend_map"]
 
 
 def _np(x) -> np.ndarray:
@@ -73,3 +74,27 @@ def render_overlay(
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def map_to_uint8(amap: np.ndarray, threshold: float) -> np.ndarray:
+    """An anomaly map as 8-bit grey levels: 0 at or below 0 (the normal median), 128 at ``threshold`` (e.g. the
+    scorer's pixel threshold), 255 at twice it and above."""
+    scale = 2 * threshold if threshold and threshold > 0 else float(np.max(amap)) or 1.0
+    return np.round(255 * np.clip(np.asarray(amap, np.float64) / scale, 0, 1)).astype(np.uint8)
+
+
+def blend_map(picture: np.ndarray, amap: np.ndarray, threshold: float) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the ``(H, W[, C])`` picture in grey with the ``(H, W)`` map over it in the jet colours,
+    opaque where the map reaches ``threshold``, fading out towards 0 (see :func:`map_to_uint8`)."""
+    from matplotlib import colormaps
+
+    grey = np.asarray(picture, np.float64)
+    if grey.ndim == 3:
+        grey = grey[..., :3].mean(-1)
+    span = float(grey.max() - grey.min())
+    grey = (grey - grey.min()) / (span if span > 0 else 1.0)
+    level = map_to_uint8(amap, threshold) / 255.0
+    colour = colormaps["jet"](level)[..., :3]
+    alpha = 0.6 * np.clip(2 * level, 0, 1)[..., None]  # full strength from the threshold (level 0.5) up
+    out = (1 - alpha) * grey[..., None] + alpha * colour
+    return np.round(255 * out).astype(np.uint8)

@@ -49,6 +49,7 @@ class ProxyTask(ABC):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.progress = 0.0
+        self.spec: dict[str, Any] = {"name": self.name}  # config entry that recreates the task (create_task fills it)
 
     @property
     @abstractmethod
@@ -130,7 +131,9 @@ def create_task(name: str, spatial_dims: int = 2, in_channels: int = 1, **kwargs
     """Instantiate a registered task."""
     if name not in TASK_REGISTRY:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASK_REGISTRY)}.")
-    return TASK_REGISTRY[name](spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    task = TASK_REGISTRY[name](spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    task.spec = {"name": name, **kwargs}
+    return task
 
 
 def create_tasks(
