@@ -180,15 +180,18 @@ def test_demo_dataset_2d_and_3d_cached_loading(tmp_path):
     batch = next(iter(make_loader(ds, batch_size=4, num_workers=0)))
     assert batch["image"].shape == (4, 1, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
     assert float(batch["mask"][:2].sum()) == 0 and float(batch["mask"][2:].sum()) > 0
-    # MONAI reads back exactly what was generated, in the same orientation, for image and mask alike
+    # the pictures hold what was generated (rows = first axis), for image and mask alike; MONAI's reader puts x
+    # (the columns) first, so it returns their transpose
+    from PIL import Image
+
     from monai_mtlmad.data import head_phantoms, insert_lesions
 
     sick, brain = head_phantoms(2, (64, 64), seed=3 + 12, return_brain=True)
     sick, lesion = insert_lesions(sick, brain, seed=3 + 1)
+    np.testing.assert_allclose(np.asarray(Image.open(items[2]["image"])) / 255, sick[0, 0], atol=0.5 / 255 + 1e-6)
+    np.testing.assert_array_equal(np.asarray(Image.open(items[2]["mask"])) > 0, lesion[0, 0])
     img = LoadImage(image_only=True)(items[2]["image"]).numpy() / 255
-    msk = LoadImage(image_only=True)(items[2]["mask"]).numpy() > 0
-    np.testing.assert_allclose(img, sick[0, 0], atol=0.5 / 255 + 1e-6)
-    np.testing.assert_array_equal(msk, lesion[0, 0])
+    np.testing.assert_allclose(img, sick[0, 0].T, atol=0.5 / 255 + 1e-6)
     root3 = make_demo_dataset(tmp_path / "demo3d", 3, n_train=2, n_valid=2, n_test=2, size=24)
     vol = nib.load(next((root3 / "test" / "Ungood" / "img").glob("*.nii.gz")))
     np.testing.assert_allclose(vol.affine, DEMO_AFFINE)
@@ -216,3 +219,72 @@ def test_dicom_series_folder(tmp_path):
     out = det(items[0])
     assert out["image"].shape == (1, 16, 16, 16)
     assert LoadImage(image_only=True)(str(series)).shape == (12, 16, 5)
+
+
+def sphere_volume(shape, spacing, radius_mm=9.0):
+    """A ball of ``radius_mm`` around the centre of a volume with voxel ``spacing``: round in millimetres."""
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    return (np.sqrt(sum(g**2 for g in grid)) <= radius_mm).astype(np.float32)
+
+
+def test_3d_canonical_pose_and_voxel_spacing(tmp_path):
+    shape, spacing = (40, 30, 12), (0.5, 0.8, 2.0)  # anisotropic: 20 x 24 x 24 mm
+    ball = sphere_volume(shape, spacing)
+    ball[:20, :15, :6] += 0.5  # mark one octant so that flips show
+    ras = np.diag([*spacing, 1.0])
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = (shape[0] - 1, shape[1] - 1)
+    nib.save(nib.Nifti1Image(ball, ras), tmp_path / "ras.nii.gz")
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(ball[::-1, ::-1]), ras @ flip), tmp_path / "lps.nii.gz")
+    det, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False)
+    a, b = (det({"image": str(tmp_path / f"{n}.nii.gz")})["image"] for n in ("ras", "lps"))
+    assert a.shape == b.shape == (1, 32, 32, 32)
+    torch.testing.assert_close(a.as_tensor(), b.as_tensor())  # the same anatomy, however it was stored
+    # the whole field of view fits at one isotropic spacing (24 mm / 32 voxels): the ball stays round
+    np.testing.assert_allclose(a.pixdim.numpy(), [0.75] * 3, atol=1e-6)
+    inside = (a[0] > 0.5).numpy()
+    extents = [np.ptp(np.nonzero(inside)[d]) + 1 for d in range(3)]
+    assert max(extents) - min(extents) <= 1, extents  # 18 mm / 0.75 mm = 24 voxels along every axis
+    fixed, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False, spacing=1.0)
+    c = fixed({"image": str(tmp_path / "lps.nii.gz")})["image"]
+    assert c.shape == (1, 32, 32, 32) and np.allclose(c.pixdim.numpy(), 1.0)  # 32 mm centred field of view
+    with pytest.raises(ValueError, match="3D volumes only"):
+        preprocessing("png", 32, spacing=1.0)
+
+
+def test_cached_pseudo_labels_move_with_the_image(tmp_path):
+    from monai.transforms import Compose
+
+    from monai_mtlmad.data import head_phantoms
+    from monai_mtlmad.transforms import PseudoLabel, PseudoLabeld
+
+    image = head_phantoms(1, (64, 64), seed=5)[0, 0]
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(tmp_path / "a.png")
+    det, rand = preprocessing("png", 64, with_mask=False)
+    cached = Compose([det, PseudoLabeld("image")])({"image": str(tmp_path / "a.png")})
+    affine = rand.transforms[0]
+    affine.prob = 1.0  # always, and visibly: up to 8 pixels of shift on top of the usual small rotation
+    affine.rand_affine.rand_affine_grid.translate_range = ((6, 8), (6, 8))
+    affine.set_random_state(3)
+    moved = rand(dict(cached))
+    labels = moved["image_pseudo_label"].as_tensor()
+    fresh = PseudoLabel()(moved["image"])  # the labels of the augmented image itself
+    agree = float((labels == torch.as_tensor(fresh)).float().mean())
+    stale = float((cached["image_pseudo_label"].as_tensor() == torch.as_tensor(fresh)).float().mean())
+    assert agree > 0.95 and stale < agree - 0.05, (agree, stale)
+
+
+def test_recursive_listing_finds_nested_series_and_leaves_masks_out(tmp_path):
+    from monai_mtlmad.data.files import list_images, stem
+
+    png(tmp_path / "a" / "x.png")
+    png(tmp_path / "b" / "c" / "x.png")
+    png(tmp_path / "b" / "anomaly_mask" / "x.png")
+    png(tmp_path / "b" / "test_label" / "x.png")
+    series = tmp_path / "b" / "1.2.840.10008.4"
+    series.mkdir()
+    (series / "s0.dcm").write_bytes(b"")
+    found = list_images(tmp_path, recursive=True)
+    assert found == [str(tmp_path / "a" / "x.png"), str(series), str(tmp_path / "b" / "c" / "x.png")]
+    assert stem(series) == "1.2.840.10008.4" and stem("scan.v2.nii.gz") == "scan.v2"

@@ -27,8 +27,8 @@ def _write(path: Path, array: np.ndarray, spatial_dims: int, mask: bool = False)
     if spatial_dims == 2:
         from PIL import Image
 
-        # MONAI's PILReader loads (x, y): write the transpose so the array comes back as generated
-        Image.fromarray((np.clip(array.T, 0, 1) * 255).round().astype(np.uint8)).save(path)
+        # rows of the picture = first axis of the array, as any picture library reads it back
+        Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)).save(path)
     else:
         import nibabel as nib
 

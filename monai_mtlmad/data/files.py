@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "is_image_file", "list_images", "image_shape", "check_pairs"]
+__all__ = [
+    "IMAGE_SUFFIXES", "RASTER_SUFFIXES", "MASK_FOLDERS", "check_pairs", "image_shape", "is_image_file", "is_mask_folder",
+    "is_raster", "list_images", "stem",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D pictures: (rows, columns) on disk
 
 
 def _suffix(path: Path) -> str:
@@ -19,9 +22,15 @@ def _suffix(path: Path) -> str:
 
 
 def stem(path: str | Path) -> str:
-    """File name without its (possibly double, ``.nii.gz``) suffix."""
+    """File name without its image suffix (``.nii.gz`` included); other dots stay (DICOM series folders are often
+    named by UIDs such as ``1.2.840.10008.4``, which must not collide once "suffixed")."""
     p = Path(path)
-    return p.name[: -len(_suffix(p))] if _suffix(p) else p.name
+    return p.name[: -len(_suffix(p))] if _suffix(p) in IMAGE_SUFFIXES else p.name
+
+
+def is_raster(path: str | Path) -> bool:
+    """A 2D picture format (PNG, JPEG, BMP, TIFF) rather than a medical volume format with an affine."""
+    return _suffix(Path(path)) in RASTER_SUFFIXES
 
 
 def is_image_file(path: Path) -> bool:
@@ -32,8 +41,18 @@ def _is_dicom_series(path: Path) -> bool:
     return path.is_dir() and any(f.suffix.lower() == ".dcm" for f in path.iterdir())
 
 
+# sub-folders that hold ground truth, not images to score (BMAD's anomaly_mask/ and label/, RESC's *_label/)
+MASK_FOLDERS = ("anomaly_mask", "label", "labels", "mask", "masks", "ground_truth")
+
+
+def is_mask_folder(path: Path) -> bool:
+    name = path.name.lower()
+    return name in MASK_FOLDERS or name.endswith("_label")
+
+
 def list_images(folder: str | Path, recursive: bool = False) -> list[str]:
-    """Image files in ``folder`` (sorted); a sub-folder of ``.dcm`` files counts as one DICOM series.
+    """Image files in ``folder`` (sorted); a folder of ``.dcm`` files counts as one DICOM series. With
+    ``recursive``, sub-folders at any depth are searched, except mask folders (:data:`MASK_FOLDERS`, ``*_label``).
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -45,14 +64,23 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[str]:
     if _is_dicom_series(folder):
         return [str(folder)]
     found = []
-    for p in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+    for p in sorted(folder.iterdir()):
         if is_image_file(p) and p.suffix.lower() != ".dcm":
             found.append(str(p))
-        elif p.is_dir() and not recursive and _is_dicom_series(p):
+        elif p.is_dir() and _is_dicom_series(p):
             found.append(str(p))
+        elif p.is_dir() and recursive and not is_mask_folder(p) and not p.name.startswith("."):
+            found += _list_or_empty(p)
     if not found:
         raise ValueError(f"{folder}: the folder holds no image (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM series).")
     return found
+
+
+def _list_or_empty(folder: Path) -> list[str]:
+    try:
+        return list_images(folder, recursive=True)
+    except ValueError:  # a sub-folder without images
+        return []
 
 
 def image_shape(path: str | Path) -> tuple[int, ...]:
@@ -64,7 +92,7 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
     """
     p = Path(path)
     try:
-        if _suffix(p) in _2D_SUFFIXES:
+        if is_raster(p):
             from PIL import Image
 
             with Image.open(p) as im:

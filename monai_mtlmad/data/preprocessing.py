@@ -9,9 +9,17 @@ Presets:
 - ``ct``: Hounsfield window ``ct_window`` (default the abdominal/liver window -160..240 HU);
 - ``rgb``: colour images (histopathology), ``/255`` per channel.
 
-Every preset then resizes to ``spatial_size`` (masks with nearest neighbours), binarises masks and writes the
-tissue mask under ``"image_foreground"``. The random part is mild (small affine, intensity scaling) and never
-flips: anatomy's canonical pose is what the orientation task learns.
+Geometry: 2D images are resized to ``spatial_size`` (BMAD's protocol). 3D volumes are first brought to a
+canonical pose (``Orientationd`` to RAS), so that the orientation task learns anatomy rather than how a file
+happens to be stored, then resampled with their voxel spacing respected: to a fixed ``spacing`` (mm) and centred
+in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which the whole volume fits
+``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI invertible transform, so maps
+computed at the training size go back to each input's own grid with ``Compose.inverse``.
+
+Masks follow the image with nearest neighbours and are binarised; the tissue mask goes under
+``"image_foreground"``. The random part is mild (small affine, intensity scaling) and never flips: anatomy's
+canonical pose is what the orientation task learns. It moves ``"image_pseudo_label"`` with the image when a
+:class:`~monai_mtlmad.transforms.PseudoLabeld` put it there (cached labels stay aligned).
 """
 
 from __future__ import annotations
@@ -29,12 +37,16 @@ from monai.transforms import (
     LoadImage,
     LoadImaged,
     MapTransform,
+    Orientationd,
     RandAffined,
     RandScaleIntensityd,
     Resized,
+    ResizeWithPadOrCropd,
     ScaleIntensityRanged,
+    Spacingd,
     Transform,
 )
+from monai.data.utils import affine_to_spacing
 from monai.utils import convert_to_dst_type
 
 from monai_mtlmad.transforms.foreground import ForegroundMaskd
@@ -48,6 +60,7 @@ __all__ = [
     "ScaleIntensityInForeground",
     "ScaleIntensityInForegroundd",
     "LoadMaskd",
+    "FitSpacingd",
     "preprocessing",
 ]
 
@@ -128,6 +141,29 @@ class LoadMaskd(MapTransform):
         return d
 
 
+class FitSpacingd(Spacingd):
+    """:class:`monai.transforms.Spacingd` to the isotropic spacing, chosen per image, at which the image's whole
+    field of view fits ``spatial_size``: unlike a plain resize to a cube, anatomy keeps its physical proportions.
+    Invertible like ``Spacingd`` (the spacing used is recorded in the image's transform history).
+
+    Args:
+        keys: keys to resample; the first present one sets the spacing (images and their masks share a grid).
+        spatial_size: the grid the volume must fit, one size per spatial dimension.
+        mode: interpolation per key (e.g. ``["bilinear", "nearest"]`` for image and mask).
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], mode="bilinear", allow_missing_keys: bool = False):
+        super().__init__(keys, pixdim=1.0, mode=mode, padding_mode="zeros", allow_missing_keys=allow_missing_keys)
+        self.spatial_size = np.asarray(spatial_size, dtype=np.float64)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        ref = data[self.first_key(data)]
+        dims = len(self.spatial_size)
+        extent = np.asarray(ref.shape[1:], dtype=np.float64) * np.asarray(affine_to_spacing(ref.affine, dims))
+        self.spacing_transform.pixdim = np.full(dims, float(np.max(extent / self.spatial_size)))
+        return super().__call__(data, lazy)
+
+
 def preprocessing(
     preset: str = "png",
     spatial_size: int | Sequence[int] = 256,
@@ -136,6 +172,7 @@ def preprocessing(
     rim: float = 0.0,
     ct_window: tuple[float, float] = (-160.0, 240.0),
     with_mask: bool = True,
+    spacing: float | Sequence[float] | None = None,
 ) -> tuple[Compose, Compose]:
     """Deterministic and random preprocessing for datalist items ``{"image": path, "mask": path | None, ...}``.
 
@@ -147,6 +184,9 @@ def preprocessing(
         rim: foreground erosion (see :func:`~monai_mtlmad.transforms.foreground_mask`).
         ct_window: (min, max) Hounsfield units for ``ct``.
         with_mask: load ``"mask"`` (zeros where None) alongside the image.
+        spacing: 3D only: voxel spacing in mm (one value or one per axis) to resample the RAS volume to before
+            centring it in ``spatial_size`` (a fixed field of view of ``spatial_size * spacing`` mm: choose it to hold
+            the anatomy); None fits each whole volume into ``spatial_size`` at an isotropic spacing.
 
     Returns:
         ``(deterministic, random)``: compose them, with a cache between, e.g.
@@ -168,16 +208,29 @@ def preprocessing(
         det.append(ScaleIntensityInForegroundd("image"))
     else:
         det.append(ScaleIntensityRanged("image", ct_window[0], ct_window[1], 0, 1, clip=True))
-    det.append(Resized(keys, size, mode=["area" if spatial_dims == 2 else "trilinear", "nearest"][: len(keys)]))
+    if spatial_dims == 2:
+        if spacing is not None:
+            raise ValueError("spacing applies to 3D volumes only; 2D images are resized to spatial_size.")
+        det.append(Resized(keys, size, mode=["area", "nearest"][: len(keys)]))
+    else:
+        modes = ["bilinear", "nearest"][: len(keys)]
+        det.append(Orientationd(keys, axcodes="RAS"))
+        if spacing is None:
+            det.append(FitSpacingd(keys, size, mode=modes))
+        else:
+            det.append(Spacingd(keys, pixdim=spacing, mode=modes, padding_mode="zeros"))
+        det.append(ResizeWithPadOrCropd(keys, size))
     det.append(ForegroundMaskd("image", rim=rim))
+    moved = keys + ["image_foreground", "image_pseudo_label"]  # pseudo-labels when PseudoLabeld cached them
     rand = [
         RandAffined(
-            keys + ["image_foreground"],
+            moved,
             prob=0.5,
             rotate_range=0.08 if spatial_dims == 2 else (0.08, 0.08, 0.08),
             scale_range=0.05,
-            mode=["bilinear"] + ["nearest"] * len(keys),
+            mode=["bilinear"] + ["nearest"] * (len(moved) - 1),
             padding_mode="zeros",
+            allow_missing_keys=True,
         ),
         RandScaleIntensityd("image", factors=0.1, prob=0.5),
     ]
