@@ -28,7 +28,18 @@ def main(path: str) -> None:
     for name, v, base, what in rows:
         print(f"{name:34s} {fmt(v):>9s} {fmt(base) if base is not None else '':>9s} {what}")
     print("\nimage AUROC of each task alone: " + ", ".join(f"{k} {fmt(v)}" for k, v in m["per_task"].items()))
-    print(f"flagged at the calibrated threshold: {m['flagged_fraction']:.2f} of the images\n")
+    print(f"flagged at the calibrated threshold: {m['flagged_fraction']:.2f} of the images")
+    t = m.get("threshold")
+    if t:
+        print(f"false-positive rate on this split's {t['n_normal']} normal images: {fmt(t['measured_fpr'])} "
+              f"(nominal {t['nominal_fpr']:.3f}, {t['image_score']}); true-positive rate {fmt(t['tpr'])}")
+    c, model = m.get("calibration"), m.get("model")
+    if c:
+        print(f"calibrated on {c['images']} normal images ({c.get('calibration_valid_normals', '?')} from valid, "
+              f"{c.get('calibration_train_holdout', '?')} held out of training; {c['folds']} cross-fitting folds)")
+    if model:
+        print(f"exported weights of epoch {model['epoch']} of {model.get('last_epoch', '?')}: {model['selection']}")
+    print()
 
 
 if __name__ == "__main__":

@@ -16,24 +16,12 @@ import pytest
 
 from monai_mtlmad.data import DEMO_AFFINE, make_demo_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundle" / "configs"
+from bundle_helpers import CONFIGS, ROOT, bundle, configs, infer
+
 METRIC_KEYS = [
     "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_dice",
     "pixel_auroc_anomalous", "baseline_image_auroc_foreground", "baseline_pixel_auroc_intensity",
 ]
-
-
-def bundle(*args, timeout=600, check=True):
-    cmd = [sys.executable, "-W", "ignore", "-m", "monai.bundle", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def configs(*names):
-    return str([str(CONFIGS / f"{n}.json") for n in names])
 
 
 def common(data, run, dims, size):
@@ -63,7 +51,8 @@ def test_config_workflow_properties(tmp_path):
     tasks = create_tasks(DEFAULT_TASKS, 2)
     net = MTLMoENet(2, 1, {t.name: t.head for t in tasks})  # the configs' defaults
     model = tmp_path / "model.pt"
-    AnomalyScorer(net, tasks).fit(torch.from_numpy(head_phantoms(2, (32, 32)))).save(model)
+    scorer = AnomalyScorer(net, tasks, preprocessing={"preset": "png", "spatial_size": 32})
+    scorer.fit(torch.from_numpy(head_phantoms(2, (32, 32)))).save(model)
     for config, kind in ((CONFIGS / "train.json", "train"), (CONFIGS / "inference.json", "infer")):
         wf = ConfigWorkflow(config_file=str(config), meta_file=str(CONFIGS / "metadata.json"),
                             logging_file=str(CONFIGS / "logging.conf"), workflow_type=kind,
@@ -73,32 +62,64 @@ def test_config_workflow_properties(tmp_path):
         assert wf.check_properties() in (None, [])  # every required MONAI train/infer property is defined
 
 
+def routing_epochs(run):
+    """Epochs at which TensorBoard received routing scalars of the training epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = set()
+    for events in run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            if tag.startswith("routing/") and tag.endswith("expert_0"):
+                epochs |= {e.step for e in acc.Scalars(tag)}
+    return epochs
+
+
 @pytest.mark.parametrize("dims,size", [(2, 32), (3, 32)])
 def test_train_evaluate_infer(tmp_path, dims, size):
+    from sklearn.metrics import roc_auc_score
+
     data = make_demo_dataset(tmp_path / "data", dims, n_train=6, n_valid=4, n_test=4, size=size)
     run = tmp_path / "run"
     bundle("run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, dims, size),
            "--max_epochs", "2", "--val_interval", "1")
     assert (run / "models" / "model.pt").exists()
     assert (run / "checkpoints" / "checkpoint_epoch=2.pt").exists()
-    assert list(run.glob("events.out.tfevents.*"))
-    bundle("run", "--config_file", configs("train", "evaluate"), *common(data, run, dims, size))
+    # routing of every training epoch reaches TensorBoard, also on the epochs that ran a validation
+    assert routing_epochs(run) == {1, 2}
+    # evaluation needs only where the data and the run are: the model file says the rest
+    bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
+           "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0")
     metrics = json.loads((run / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in metrics
-        assert metrics[key] is None or 0 <= metrics[key] <= 1
     assert metrics["n_images"] == 4 and metrics["pixel_auroc"] is not None
     assert set(metrics["per_task"]) == {"inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label"}
     rows = list(csv.DictReader(open(run / "scores.csv")))
     assert len(rows) == 4 and {r["label"] for r in rows} == {"0", "1"}
+    labels = [int(r["label"]) for r in rows]
+    # the report's figures are those of its own scores, rows and labels kept together
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, [float(r["score"]) for r in rows]), abs=1e-5)
+    for task, auroc in metrics["per_task"].items():
+        assert auroc == pytest.approx(roc_auc_score(labels, [float(r[task]) for r in rows]), abs=1e-5)
+    normals = [r for r in rows if r["label"] == "0"]
+    measured = sum(r["anomalous"] == "yes" for r in normals) / len(normals)
+    assert metrics["threshold"]["measured_fpr"] == pytest.approx(measured)
+    assert metrics["threshold"]["nominal_fpr"] == 0.05 and metrics["threshold"]["n_normal"] == len(normals)
+    assert all((float(r["score"]) >= metrics["threshold"]["value"]) == (r["anomalous"] == "yes") for r in rows)
+    cal = metrics["calibration"]
+    assert cal["images"] == cal["calibration_valid_normals"] + cal["calibration_train_holdout"] == 2 + 1
+    assert cal["train_images"] == 6 - 1 and metrics["model"]["last_epoch"] == 2
     assert len(list((run / "overlays").glob("*.png"))) >= 2
     out = tmp_path / "inference"
     src = data / "test" / "Ungood" / "img"
-    bundle("run", "--config_file", str(CONFIGS / "inference.json"), *common(src, out, dims, size),
-           "--model_path", str(run / "models" / "model.pt"))
+    infer(src, out, run / "models" / "model.pt")
     scores = list(csv.DictReader(open(out / "scores.csv")))
     assert len(scores) == 2 and all(r["anomalous"] in ("yes", "no") for r in scores)
-    for r in scores:
+    by_file = {r["file"]: r for r in rows}
+    for r in scores:  # inference and evaluation score each image alike
+        assert float(r["score"]) == pytest.approx(float(by_file[r["file"]]["score"]), abs=1e-4)
         stem = Path(r["file"]).name.split(".")[0]
         if dims == 2:
             assert (out / f"{stem}_overlay.png").exists()
@@ -150,7 +171,7 @@ def test_ddp_two_processes_gloo(tmp_path):
 
     state = torch.load(run / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state["network"])  # the unwrapped network, loadable anywhere
-    assert state["scorer"]["threshold"] is not None
+    assert state["scorer"]["thresholds"]["map_quantile"] is not None
 
 
 def test_validation_without_anomalies_uses_task_loss(tmp_path):
@@ -162,3 +183,81 @@ def test_validation_without_anomalies_uses_task_loss(tmp_path):
     log = out.stdout + out.stderr
     assert "Key metric: val_neg_task_loss best value" in log
     assert list((run / "checkpoints").glob("best_network*.pt")) and (run / "models" / "model.pt").exists()
+
+
+def test_model_file_drives_evaluation_and_inference(tmp_path):
+    """Trained with a non-default image size, preset and rim, the model is evaluated and run with only
+    ``--model_path`` and ``--dataset_dir``: the same scores as the training configuration's own scorer; the
+    exported weights are those of the best validation epoch; contradicting overrides are refused or warned about."""
+    import re
+
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import DataLoader, Dataset
+
+    from monai_mtlmad.data import bmad_datalist
+
+    data = make_demo_dataset(tmp_path / "data", 2, n_train=6, n_valid=4, n_test=4, size=64)
+    run = tmp_path / "run"
+    overrides = {"image_size": 48, "preset": "mri", "rim": 0.1}
+    flags = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
+    out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
+                 "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0", "--batch_size", "2",
+                 *flags, "--max_epochs", "3", "--val_interval", "1")
+    model = run / "models" / "model.pt"
+    state = torch.load(model, weights_only=True)
+    assert state["preprocessing"]["spatial_size"] == 48 and state["preprocessing"]["preset"] == "mri"
+    assert state["scorer"]["rim"] == 0.1 and state["network_config"]["spatial_dims"] == 2
+    # model selection: the epoch MONAI reports as best, with the weights MONAI's CheckpointSaver kept for it
+    best = int(re.findall(r"Key metric: val_image_auroc best value: \S+ at epoch: (\d+)", out.stdout + out.stderr)[-1])
+    assert state["training"]["epoch"] == best and state["training"]["last_epoch"] == 3
+    assert "best val_image_auroc" in state["training"]["selection"]
+    kept = torch.load(run / "checkpoints" / "best_network.pt", weights_only=True)
+    kept = kept.get("network", kept)
+    for key, value in state["network"].items():
+        torch.testing.assert_close(value, kept[key])
+
+    # the scorer of the training configuration, built from train.json with the same flags
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"bundle_root": str(ROOT / "bundle"), "dataset_dir": str(data), "output_dir": str(run), **overrides})
+    scorer = parser.get_parsed_content("scorer")()
+    scorer.net.load_state_dict(state["network"])
+    scorer.load_state_dict(state["scorer"])
+    items = bmad_datalist(data, "test")
+    batch = next(iter(DataLoader(Dataset(items, parser.get_parsed_content("preprocessing")[0]), batch_size=len(items))))
+    res = scorer.score(batch["image"].as_tensor(), foreground=batch["image_foreground"])
+    expected = {d["image"]: float(s) for d, s in zip(items, res.score)}
+
+    infer(data / "test", tmp_path / "inferred", model)
+    rows = list(csv.DictReader(open(tmp_path / "inferred" / "scores.csv")))
+    assert sorted(r["file"] for r in rows) == sorted(expected)
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(expected[r["file"]], abs=1e-4), r["file"]
+    bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
+           "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0")
+    for r in csv.DictReader(open(run / "scores.csv")):
+        assert float(r["score"]) == pytest.approx(expected[r["file"]], abs=1e-4), r["file"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"]["epoch"] == best and "best val_image_auroc" in metrics["model"]["selection"]
+
+    refused = infer(data / "test", tmp_path / "refused", model, "--spatial_dims", "3", check=False)
+    assert refused.returncode != 0 and "trained with spatial_dims=2, not 3" in refused.stdout + refused.stderr
+    warned = infer(data / "test", tmp_path / "warned", model, "--image_size", "64")
+    assert "calibration no longer holds" in warned.stdout + warned.stderr
+    assert np.load(tmp_path / "warned" / "good" / "img" / "normal_0000_map.npy").shape == (64, 64)
+
+
+def test_calibration_split_holds_out_training_normals_only_when_valid_has_few():
+    from monai_mtlmad.apps.bundle import calibration_split
+
+    train = [{"image": f"t{i}.png", "label": 0, "mask": None} for i in range(50)]
+    valid = [{"image": f"v{i}.png", "label": i % 2, "mask": None} for i in range(20)]  # 10 normals, 10 anomalies
+    kept, calibration = calibration_split(train, valid, size=30, max_fraction=0.2, seed=1)
+    assert [d["source"] for d in calibration] == ["valid"] * 10 + ["train"] * 10  # 20 short: capped at 20 % of 50
+    assert all(d["label"] == 0 for d in calibration)
+    assert len(kept) == 40 and not {d["image"] for d in kept} & {d["image"] for d in calibration}
+    kept, calibration = calibration_split(train, valid, size=8)  # valid has enough: training is untouched
+    assert len(kept) == 50 and len(calibration) == 10
+    held = lambda seed: [d["image"] for d in calibration_split(train, valid, size=30, seed=seed)[1]]  # noqa: E731
+    assert held(1) == held(1) and held(1) != held(2)  # a seeded choice

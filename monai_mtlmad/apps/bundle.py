@@ -4,14 +4,28 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from monai_mtlmad.data.bmad import bmad_datalist
 from monai_mtlmad.data.files import is_image_file
 from monai_mtlmad.data.folders import folder_datalist
 
-__all__ = ["latest_checkpoint", "input_datalist", "has_anomalies"]
+__all__ = ["latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector"]
+
+logger = logging.getLogger(__name__)
+
+
+def _same(a, b, dims: int) -> bool:
+    """Two sizes or spacings, each a number or one per dimension (None: absent), are equal."""
+    from monai.utils import ensure_tuple_rep
+
+    if a is None or b is None:
+        return a is None and b is None
+    return tuple(float(v) for v in ensure_tuple_rep(a, dims)) == tuple(float(v) for v in ensure_tuple_rep(b, dims))
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
@@ -25,8 +39,9 @@ def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
 
 
 def input_datalist(source: str | Path, split: str = "test") -> list[dict]:
-    """Items ``{"image": path}`` to run inference on: one image file, a BMAD dataset folder (its ``split``), or any
-    folder of images (searched recursively)."""
+    """Items ``{"image": path}`` to run inference on: one image file (or DICOM series folder), a BMAD dataset
+    folder (its ``split``), or any folder of images searched recursively (mask folders left out; every folder of
+    ``.dcm`` files is one series)."""
     src = Path(source)
     if src.is_file() and is_image_file(src):
         return [{"image": str(src)}]
@@ -36,8 +51,92 @@ def input_datalist(source: str | Path, split: str = "test") -> list[dict]:
         items = bmad_datalist(src, split)
     except FileNotFoundError:
         items = folder_datalist(src, recursive=True)
+    logger.info(f"{src}: {len(items)} input(s) to score")
     return [{"image": d["image"]} for d in items]
 
 
 def has_anomalies(items: list[dict]) -> bool:
     return any(int(d.get("label", 0)) == 1 for d in items)
+
+
+def calibration_split(
+    train: Sequence[dict], valid: Sequence[dict], size: int = 100, max_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Training items and calibration normals (images the learner never trains on).
+
+    Calibration takes every normal of the validation split; when those are fewer than ``size``, the shortfall is
+    held out of the training normals (chosen at random with ``seed``), at most ``max_fraction`` of them.
+
+    Returns:
+        ``(training items, calibration items)``; each calibration item says where it came from (``"source"``:
+        ``"valid"`` or ``"train"``).
+    """
+    normals = [{**d, "source": "valid"} for d in valid if int(d.get("label", 0)) == 0]
+    hold = max(0, min(size - len(normals), int(max_fraction * len(train))))
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:hold])
+    kept = [d for i, d in enumerate(train) if i not in held]
+    calibration = normals + [{**train[i], "source": "train"} for i in sorted(held)]
+    if not calibration:
+        raise ValueError("no normal image to calibrate on: the valid split holds none and none could be held out.")
+    logger.info(f"calibration normals: {len(normals)} from valid + {hold} held out of {len(train)} training images")
+    return kept, calibration
+
+
+# bundle keys that a model file fixes: those that define the network are refused when they differ, those that
+# define preprocessing are applied with a warning (the model then sees images unlike its calibration normals)
+_STRUCTURAL = ("spatial_dims", "in_channels")
+
+
+def load_detector(
+    model_path: str | Path,
+    device=None,
+    spatial_dims: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | Sequence[int] | None = None,
+    preset: str | None = None,
+    rim: float | None = None,
+    spacing: float | Sequence[float] | None = None,
+):
+    """The :class:`~monai_mtlmad.scoring.AnomalyScorer` of a model file, everything rebuilt from the file.
+
+    Arguments left None come from the file. ``spatial_dims`` or ``in_channels`` that differ from the file's are
+    refused; ``image_size``, ``preset``, ``rim`` or ``spacing`` that differ are applied with a warning, since the
+    calibration (threshold, p-values) no longer holds for images preprocessed differently.
+
+    Raises:
+        ValueError: naming the file and the contradicting setting.
+    """
+    from monai_mtlmad.scoring.scorer import AnomalyScorer
+
+    scorer = AnomalyScorer.load(model_path, map_location=device)
+    net = scorer.net
+    for key, given, stored in (("spatial_dims", spatial_dims, net.spatial_dims), ("in_channels", in_channels, net.in_channels)):
+        if given is not None and int(given) != stored:
+            raise ValueError(f"{model_path}: the model was trained with {key}={stored}, not {given}; leave {key} out "
+                             "(the model file sets it) or train another model.")
+    config = scorer.preprocessing_config
+    if config is None:
+        raise ValueError(f"{model_path}: the model file holds no preprocessing settings; re-export it with this version.")
+    changed = {}
+    dims = net.spatial_dims
+    # None means "as in the file"
+    if image_size is not None and not _same(image_size, config["spatial_size"], dims):
+        changed["spatial_size"] = (config["spatial_size"], image_size)
+    if preset is not None and preset != config["preset"]:
+        changed["preset"] = (config["preset"], preset)
+    if spacing is not None and not _same(spacing, config["spacing"], dims):
+        changed["spacing"] = (config["spacing"], spacing)
+    if rim is not None and float(rim) != float(scorer.rim):
+        changed["rim"] = (scorer.rim, rim)
+    if changed:
+        detail = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        logger.warning(f"{model_path}: overriding the model's preprocessing ({detail}): its calibration no longer "
+                       "holds, so thresholds, p-values and 'anomalous' flags are not valid; retrain or recalibrate.")
+        for key, (_, new) in changed.items():
+            if key == "rim":
+                scorer.rim = float(new)
+            else:
+                config[key] = new
+    return scorer

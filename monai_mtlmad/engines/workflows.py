@@ -120,8 +120,9 @@ class AnomalyEvaluator(Evaluator):
         scorer: the detector, or a callable returning it (so a trainer can hand over its current network).
         calibration: optional iterable of normal batches; when given, the scorer is re-calibrated on it at the
             start of each run (validation during training).
-        task_loss: also put the joint task loss on fixed-seed training views of each batch in ``output["loss"]``:
-            the validation figure when the validation split holds no anomalous image.
+        task_loss: also put the joint task loss on fixed-seed training views of each batch, at full curriculum
+            difficulty, in ``output["loss"]``: the validation figure when the validation split holds no anomalous
+            image (fixed views and difficulty, so it does not drift with the curricula of training).
     """
 
     def __init__(
@@ -181,11 +182,18 @@ class AnomalyEvaluator(Evaluator):
         }
         if self.task_loss:
             tasks = self.scorer.tasks
-            with torch.no_grad():
-                total, _ = multitask_loss(
-                    self.scorer.net, tasks, MultiTaskLoss([t.name for t in tasks]), images,
-                    torch.Generator(device=images.device).manual_seed(0),
-                )
+            progress = [t.progress for t in tasks]
+            for t in tasks:
+                t.set_progress(1.0)
+            try:
+                with torch.no_grad(), self.scorer.net.separate_usage():
+                    total, _ = multitask_loss(
+                        self.scorer.net, tasks, MultiTaskLoss([t.name for t in tasks]), images,
+                        torch.Generator(device=images.device).manual_seed(0),
+                    )
+            finally:
+                for t, p in zip(tasks, progress):
+                    t.set_progress(p)
             engine.state.output["loss"] = float(total)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

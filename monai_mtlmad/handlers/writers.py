@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from PIL import Image
 
-from monai_mtlmad.data.files import stem
+from monai_mtlmad.data.files import is_raster, stem
 from monai_mtlmad.metrics.anomaly import compute_anomaly_metrics
 from monai_mtlmad.metrics.functional import roc_auc
-from monai_mtlmad.scoring.overlay import render_overlay
+from monai_mtlmad.scoring.overlay import blend_map, map_to_uint8, render_overlay
 from monai_mtlmad.scoring.scorer import AnomalyScorer
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "AnomalyReportWriter",
     "AnomalyMapWriter",
     "AnomalyMapTensorBoardHandler",
+    "output_path",
     "ProgressBarIfInteractive",
 ]
 
@@ -85,20 +87,67 @@ class TaskStatsTensorBoardHandler:
 
 
 class ModelExportHandler:
-    """When training completes: calibrate a scorer on normal images and save network + scorer to ``path``
-    (written atomically: a temporary file moved into place).
+    """When training completes: pick the weights to export, calibrate a scorer on held-out normal images and write
+    the self-describing model file to ``path`` (atomically: a temporary file moved into place).
+
+    Model selection: with ``selection="best"`` and an ``evaluator``, the weights of the epoch with the best key
+    validation metric (higher is better, as MONAI's key metrics) are kept in memory after each validation and
+    exported; they travel in the trainer's checkpoints through :meth:`state_dict`, so a resumed run still exports
+    the best of all its epochs. Without a validation run, or with ``selection="last"``, the last epoch's weights.
+    The model file records which epoch was exported and why (``scorer.training``).
 
     Args:
         scorer: returns a fresh :class:`AnomalyScorer` around the trained network.
         calibration: iterable of batches (dicts with ``"image"`` and optionally ``"label"``); normals only are used.
         path: e.g. ``RUN/models/model.pt``.
+        evaluator: the validation evaluator (its key metric selects the weights).
+        selection: ``"best"`` or ``"last"``.
+        info: extra provenance for the model file (e.g. training and calibration image counts).
     """
 
-    def __init__(self, scorer: Callable[[], AnomalyScorer], calibration: Iterable, path: str | Path, device=None):
+    def __init__(
+        self,
+        scorer: Callable[[], AnomalyScorer],
+        calibration: Iterable,
+        path: str | Path,
+        device=None,
+        evaluator: Engine | None = None,
+        selection: str = "best",
+        info: dict | None = None,
+    ):
+        if selection not in ("best", "last"):
+            raise ValueError(f"selection must be 'best' or 'last', got {selection!r}.")
         self.scorer, self.calibration, self.path, self.device = scorer, calibration, Path(path), device
+        self.evaluator, self.selection, self.info = evaluator, selection, dict(info or {})
+        self.best: dict | None = None  # {"epoch", "metric", "value", "network"} of the best validation so far
+        self.trainer: Engine | None = None
+        self.network: torch.nn.Module | None = None
 
     def attach(self, engine: Engine) -> None:
+        self.trainer = engine
+        self.network = self.scorer().net  # the unwrapped learner (the scorer factory closes over it)
         engine.add_event_handler(Events.COMPLETED, self)
+        if self.evaluator is not None and self.selection == "best":
+            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.track)
+
+    def track(self, evaluator: Engine) -> None:
+        """After a validation: keep a copy of the weights if the key metric is the best seen."""
+        name = getattr(evaluator.state, "key_metric_name", None)
+        value = evaluator.state.metrics.get(name) if name else None
+        if value is None or (self.best is not None and float(value) <= self.best["value"]):
+            return
+        self.best = {
+            "epoch": int(self.trainer.state.epoch),
+            "metric": str(name),
+            "value": float(value),
+            "network": {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
+        }
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
 
     def __call__(self, engine: Engine) -> None:
         if not _is_main():
@@ -106,20 +155,35 @@ class ModelExportHandler:
         from monai_mtlmad.engines.workflows import normal_batches
 
         scorer = self.scorer()
+        last = int(engine.state.epoch)
+        if self.best is not None:
+            scorer.net.load_state_dict(self.best["network"])
+            why = f"best {self.best['metric']} = {self.best['value']:.4f} over the validations"
+            epoch = self.best["epoch"]
+        else:
+            epoch = last
+            why = "last epoch (selection 'last')" if self.selection == "last" else "last epoch (no validation ran)"
         batches = list(normal_batches(self.calibration, "image", self.device or engine.state.device))
         if not batches:
             raise ValueError("no normal image to calibrate the scorer on: the calibration split holds none.")
         scorer.fit(batches)
+        scorer.training = {**self.info, "epoch": epoch, "last_epoch": last, "selection": why}
         scorer.save(self.path)
-        engine.logger.info(f"saved network and calibrated scorer to {self.path} (threshold {scorer.threshold:.4f})")
+        engine.logger.info(
+            f"saved model of epoch {epoch} ({why}) calibrated on {scorer.calibration['images']} normal images to "
+            f"{self.path} (threshold {scorer.threshold:.4f})"
+        )
 
 
 class AnomalyReportWriter:
     """Collects an :class:`~monai_mtlmad.engines.AnomalyEvaluator` run and writes, at its end:
 
     - ``metrics.json``: :func:`~monai_mtlmad.metrics.compute_anomaly_metrics` keys (pixel ones null without masks),
-      ``per_task`` (each task's image AUROC), ``n_images``, ``n_anomalous`` and ``flagged_fraction`` (the share of
-      images at or above the scorer's threshold);
+      ``per_task`` (each task's image AUROC), ``n_images``, ``n_anomalous``, ``flagged_fraction`` (the share of
+      images at or above the scorer's threshold), ``threshold`` (the image score in use, the nominal false-positive
+      rate, the one measured on this split's normal images and the true-positive rate on its anomalies),
+      ``calibration`` (how many normal images set the calibration, and from where) and ``model`` (the exported
+      epoch and why it was chosen);
     - ``scores.csv``: file, label, score, p-value, anomalous, per-task scores;
     - ``overlays/``: pictures of the ``num_overlays`` highest- and lowest-scoring cases.
     """
@@ -170,7 +234,22 @@ class AnomalyReportWriter:
         }
         metrics["n_images"] = len(r)
         metrics["n_anomalous"] = int(labels.sum())
-        metrics["flagged_fraction"] = float(np.mean([x["anomalous"] for x in r]))
+        flagged = torch.tensor([x["anomalous"] for x in r])
+        metrics["flagged_fraction"] = float(flagged.float().mean())
+        scorer = getattr(engine, "scorer", None)
+        if scorer is not None:
+            rate = lambda sel: float(flagged[sel].float().mean()) if bool(sel.any()) else None  # noqa: E731
+            metrics["threshold"] = {
+                "image_score": scorer.image_score,
+                "value": scorer.threshold,
+                "nominal_fpr": scorer.fpr,
+                "measured_fpr": rate(labels == 0),
+                "n_normal": int((labels == 0).sum()),
+                "tpr": rate(labels == 1),
+            }
+            counts = {k: v for k, v in scorer.training.items() if k.startswith("calibration_") or k.startswith("train_")}
+            metrics["calibration"] = {**scorer.calibration, **counts}
+            metrics["model"] = {k: v for k, v in scorer.training.items() if k not in counts}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         with open(self.output_dir / "scores.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -180,11 +259,11 @@ class AnomalyReportWriter:
                 w.writerow([x["file"], x["label"], f"{x['score']:.6f}", f"{x['p_value']:.6f}", "yes" if x["anomalous"] else "no",
                             *[f"{x['task_scores'][t]:.6f}" for t in tasks]])
         order = sorted(range(len(r)), key=lambda i: r[i]["score"])
-        picks = [("lowest", i) for i in order[: self.num_overlays]] + [("highest", i) for i in order[-self.num_overlays :]]
-        for tag, i in picks:
+        picks = [("lowest", i) for i in order[: self.num_overlays]] + [("highest", i) for i in order[::-1][: self.num_overlays]]
+        for rank, (tag, i) in enumerate(picks):
             x = r[i]
             render_overlay(
-                self.output_dir / "overlays" / f"{tag}_{stem(x['file'])}.png", x["image"], x["map"], x["task_maps"],
+                self.output_dir / "overlays" / f"{tag}{rank % self.num_overlays + 1}_{stem(x['file'])}.png", x["image"], x["map"], x["task_maps"],
                 x["mask"] if x["mask"].any() else None,
                 f"{Path(x['file']).name}  label {x['label']}  score {x['score']:.2f}  p {x['p_value']:.3f}",
             )
@@ -197,20 +276,50 @@ def _none_if_nan(v: float) -> float | None:
     return None if v != v else float(v)
 
 
-class AnomalyMapWriter:
-    """Writes, per input file, its anomaly map named after the file's stem, and ``scores.csv`` at the end.
+def output_path(output_dir: str | Path, name: str, postfix: str, data_root: str | Path | None = None) -> Path:
+    """Where the output ``<stem>_<postfix>`` of input ``name`` goes: under ``output_dir`` at the input's path
+    relative to ``data_root`` (so equal file names in different folders never collide), or directly in
+    ``output_dir`` when the input lies outside ``data_root`` or none is given."""
+    out = Path(output_dir)
+    if data_root:
+        root = Path(data_root)
+        root = root.parent if root.is_file() else root
+        try:
+            out = out / Path(name).resolve().parent.relative_to(root.resolve())
+        except ValueError:  # not under data_root
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{stem(name)}_{postfix}"
 
-    2D: ``<stem>_overlay.png`` and the float map ``<stem>_map.npy``; 3D: ``<stem>_map.nii.gz`` aligned with the
-    input (the map is taken back through ``preprocessing.inverse`` and written with the input's affine).
+
+class AnomalyMapWriter:
+    """Writes, per input, its anomaly map in the input's own grid and orientation, and ``scores.csv`` at the end.
+
+    The fused map, computed at the training size, goes back through the inverse of the deterministic
+    preprocessing (MONAI ``Invertd``: resize, spacing, RAS pose), so it lies on the input voxel for voxel:
+
+    - 2D pictures (PNG, JPEG, BMP, TIFF): ``<stem>_map.npy`` (float32, ``(rows, columns)`` like
+      ``numpy.asarray(PIL.Image.open(input))``), ``<stem>_map.png`` (8-bit, 128 at the scorer's pixel threshold,
+      see :func:`~monai_mtlmad.scoring.overlay.map_to_uint8`) and ``<stem>_overlay.png`` (the input with the map
+      over it, same size);
+    - volumes (NIfTI, NRRD, MetaImage, DICOM series): ``<stem>_map.nii.gz``, float32, with the input's affine.
+
+    Outputs mirror each input's path relative to ``data_root``. ``scores.csv``: file, score, p-value, decision,
+    per-task scores.
 
     Args:
         output_dir: where to write.
-        preprocessing: the deterministic preprocessing the images went through (to invert spatial changes).
+        preprocessing: the deterministic preprocessing the images went through (inverted for the maps).
+        data_root: the folder the inputs were found in (a file: its folder).
     """
 
-    def __init__(self, output_dir: str | Path, preprocessing=None) -> None:
-        self.output_dir, self.preprocessing = Path(output_dir), preprocessing
+    def __init__(self, output_dir: str | Path, preprocessing, data_root: str | Path | None = None) -> None:
+        from monai.transforms import Invertd
+
+        self.output_dir, self.data_root = Path(output_dir), data_root
+        self.invert = Invertd("map", preprocessing, orig_keys="image", nearest_interp=False)
         self.rows: list[list] = []
+        self.tasks: list[str] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.rows.clear())
@@ -218,34 +327,37 @@ class AnomalyMapWriter:
         engine.add_event_handler(Events.COMPLETED, self.write_scores)
 
     def write_batch(self, engine: Engine) -> None:
-        from monai.data import MetaTensor, decollate_batch
-        from monai.transforms import SaveImage
+        from monai.data import MetaTensor, NibabelWriter, decollate_batch
 
         o = engine.state.output
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        names = _file_names(o["meta"], len(o["score"]))
-        images = engine.state.batch["image"]
-        per_image = decollate_batch(images) if isinstance(images, MetaTensor) else [None] * len(names)
-        for i, name in enumerate(names):
-            s = stem(name)
-            amap = o["map"][i].detach().cpu()
-            if amap.ndim == 3:
-                np.save(self.output_dir / f"{s}_map.npy", amap[0].numpy())
-                render_overlay(self.output_dir / f"{s}_overlay.png", o["image"][i], amap, {k: v[i] for k, v in o["task_maps"].items()},
-                               title=f"{Path(name).name}  score {float(o['score'][i]):.2f}  p {float(o['p_value'][i]):.3f}")
+        images = decollate_batch(engine.state.batch["image"])
+        threshold = getattr(getattr(engine, "scorer", None), "pixel_threshold", None)
+        self.tasks = list(o["task_scores"])
+        for i, image in enumerate(images):
+            name = str(image.meta["filename_or_obj"])
+            amap = self.invert({"image": image, "map": MetaTensor(o["map"][i].detach().float().cpu())})["map"]
+            if is_raster(name):
+                grid = amap[0].numpy().T  # MONAI's readers put x first; pictures are stored rows first
+                np.save(output_path(self.output_dir, name, "map.npy", self.data_root), grid.astype(np.float32))
+                Image.fromarray(map_to_uint8(grid, threshold)).save(output_path(self.output_dir, name, "map.png", self.data_root))
+                with Image.open(name) as picture:
+                    overlay = blend_map(np.asarray(picture), grid, threshold)
+                Image.fromarray(overlay).save(output_path(self.output_dir, name, "overlay.png", self.data_root))
             else:
-                ref = per_image[i]
-                m = MetaTensor(amap, meta=dict(ref.meta), applied_operations=list(ref.applied_operations)) if ref is not None else amap
-                if self.preprocessing is not None and ref is not None:
-                    m = self.preprocessing.inverse({"image": m})["image"]
-                SaveImage(output_dir=self.output_dir, output_postfix="map", separate_folder=False, resample=False,
-                          print_log=False, output_dtype=np.float32)(m, meta_data={**m.meta, "filename_or_obj": name} if hasattr(m, "meta") else None)
-            self.rows.append([name, f"{float(o['score'][i]):.6f}", f"{float(o['p_value'][i]):.6f}", "yes" if bool(o["anomalous"][i]) else "no"])
+                writer = NibabelWriter(output_dtype=np.float32)
+                writer.set_data_array(amap, channel_dim=0)
+                writer.set_metadata(amap.meta, resample=False)
+                writer.write(str(output_path(self.output_dir, name, "map.nii.gz", self.data_root)))
+            self.rows.append([
+                name, f"{float(o['score'][i]):.6f}", f"{float(o['p_value'][i]):.6f}", "yes" if bool(o["anomalous"][i]) else "no",
+                *[f"{float(o['task_scores'][t][i]):.6f}" for t in self.tasks],
+            ])
 
     def write_scores(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "scores.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["file", "score", "p_value", "anomalous"])
+            w.writerow(["file", "score", "p_value", "anomalous", *self.tasks])
             w.writerows(self.rows)
 
 
