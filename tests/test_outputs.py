@@ -70,6 +70,8 @@ def test_2d_maps_lie_on_a_non_square_picture(model_2d, tmp_path):
     spread = overlay.astype(int).max(-1) - overlay.astype(int).min(-1)
     assert (spread[lesion] > 40).mean() > 0.5  # coloured over the lesion
     assert spread[0, 0] == 0 and spread[-1, -1] == 0  # plain grey over the background corners
+    infer(tmp_path / "in" / "case.png", tmp_path / "single", path)  # one file instead of a folder: the same map
+    np.testing.assert_allclose(np.load(tmp_path / "single" / "case_map.npy"), amap, atol=1e-6)
 
 
 def write_nifti(path, array, affine):

@@ -228,6 +228,12 @@ def test_overlay_png_2d_and_3d(tmp_path, trained):
     vol = torch.rand(1, 8, 8, 8)
     p3 = render_overlay(tmp_path / "o3.png", vol, vol, {"x": vol}, vol > 0.5)
     assert Image.open(p3).size == (80 * 3 * 3, int(80 * 3.3))
+    # arrays come x first (MONAI's readers); pictures show x to the right: a wide, short image, bright on its left
+    wide = torch.zeros(1, 64, 16)
+    wide[0, :32] = 1
+    row = np.asarray(Image.open(render_overlay(tmp_path / "w.png", wide, wide)).convert("RGB")).astype(int)
+    row = row[row.shape[0] // 2, :, 0]  # red channel across the middle of the figure
+    assert row[250:350].mean() > 150 and row[380:470].mean() < 60  # the fused-map panel: hot left, cold right
 
 
 def test_pixel_exact_map_pictures():

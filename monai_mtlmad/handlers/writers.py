@@ -399,7 +399,7 @@ class AnomalyMapTensorBoardHandler:
             x = self.first[key].float()
             if x.ndim == 5:
                 x = x[..., x.shape[-1] // 2]
-            x = x.mean(1, keepdim=True)
+            x = x.mean(1, keepdim=True).transpose(-1, -2)  # MONAI's (x, y) -> pictures' (rows = y, columns = x)
             lo = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
             hi = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
             self.writer.add_images(f"validation/{key}", (x - lo) / (hi - lo).clamp_min(1e-8), step)

@@ -29,6 +29,9 @@ def render_overlay(
 ) -> Path:
     """Write a PNG: image | fused map overlay (+ ground-truth contour) | one panel per task map.
 
+    Arrays are in MONAI's order, x first (as its readers load pictures and volumes); they are drawn with x to the
+    right and y downward, so a picture looks as it does in an image viewer.
+
     Args:
         path: output PNG.
         image: ``(C, *spatial)``; 3D volumes are shown at ``slice_index`` along the last axis (default: the slice
@@ -50,7 +53,9 @@ def render_overlay(
         img, fmap = img[..., z], fmap[..., z]
         task_maps = {k: pick(v) for k, v in (task_maps or {}).items()}
         mask = pick(mask)
-    gray = img.mean(0) if img.shape[0] != 3 else np.clip(img.transpose(1, 2, 0), 0, 1)
+    # (x, y) arrays -> (rows = y, columns = x) pictures
+    gray = img.mean(0).T if img.shape[0] != 3 else np.clip(img.transpose(2, 1, 0), 0, 1)
+    fmap = fmap.T
     panels = 2 + len(task_maps or {})
     fig, axes = plt.subplots(1, panels, figsize=(3 * panels, 3.3))
     axes[0].imshow(gray, cmap="gray")
@@ -59,11 +64,11 @@ def render_overlay(
     axes[1].imshow(fmap, cmap="jet", alpha=0.45)
     axes[1].set_title("fused map")
     if mask is not None:
-        m = _np(mask)[0]
+        m = _np(mask)[0].T
         for ax in axes[:2]:
             ax.contour(m > 0.5, levels=[0.5], colors="white", linewidths=1)
     for ax, (name, tmap) in zip(axes[2:], (task_maps or {}).items()):
-        ax.imshow(_np(tmap)[0], cmap="magma")
+        ax.imshow(_np(tmap)[0].T, cmap="magma")
         ax.set_title(name)
     for ax in axes:
         ax.axis("off")
