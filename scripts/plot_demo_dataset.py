@@ -11,7 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from monai.transforms import LoadImage  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from monai_mtlmad.data import bmad_datalist, make_demo_dataset  # noqa: E402
 
@@ -21,14 +22,14 @@ def main(out: str) -> None:
         root = make_demo_dataset(tmp, 2, n_train=6, n_valid=2, n_test=12)
         normals = bmad_datalist(root, "train")[:6]
         lesions = [d for d in bmad_datalist(root, "test") if d["label"]][:6]
-        load = LoadImage(image_only=True)
+        load = lambda path: np.asarray(Image.open(path))  # noqa: E731  (the pictures as stored, rows first)
         fig, axes = plt.subplots(2, 6, figsize=(15, 5.4))
         for ax, d in zip(axes[0], normals):
-            ax.imshow(load(d["image"]).numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(load(d["image"]), cmap="gray", vmin=0, vmax=255)
             ax.set_title("normal", fontsize=9)
         for ax, d, kind in zip(axes[1], lesions, ["tumour", "infarct", "bleed"] * 2):
-            ax.imshow(load(d["image"]).numpy(), cmap="gray", vmin=0, vmax=255)
-            ax.contour(load(d["mask"]).numpy() > 0, levels=[0.5], colors="red", linewidths=1)
+            ax.imshow(load(d["image"]), cmap="gray", vmin=0, vmax=255)
+            ax.contour(load(d["mask"]) > 0, levels=[0.5], colors="red", linewidths=1)
             ax.set_title(f"{kind} (mask in red)", fontsize=9)
         for ax in axes.flat:
             ax.axis("off")
