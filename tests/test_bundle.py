@@ -4,6 +4,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,27 +132,44 @@ def test_train_evaluate_infer(tmp_path, dims, size):
             np.testing.assert_allclose(written.affine, DEMO_AFFINE, atol=1e-4)
 
 
+def validation_metrics(log: str) -> dict[int, float]:
+    """``{epoch: key metric}`` from a training log; a re-run epoch keeps its last value."""
+    return {int(e): float(v) for e, v in re.findall(r"Epoch\[(\d+)\] Metrics -- val_image_auroc: ([\d.]+)", log)}
+
+
 def test_resume_a_killed_run(tmp_path):
+    import torch
+
     data = make_demo_dataset(tmp_path / "data", 2, n_train=8, n_valid=2, n_test=2, size=32)
     run = tmp_path / "run"
     args = ["run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32), "--max_epochs", "30",
-            "--val_interval", "100"]
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "monai.bundle", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = run / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(ckpt.glob("checkpoint_epoch=[2-9]*.pt")):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+            "--val_interval", "1"]
+    first = tmp_path / "first.log"
+    with open(first, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "monai.bundle", *args], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+        ckpt = run / "checkpoints"
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(ckpt.glob("checkpoint_epoch=[3-9]*.pt")):
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     saved = sorted(int(p.name.split("=")[1].split(".")[0]) for p in ckpt.glob("checkpoint_epoch=*.pt"))
     assert saved and saved[-1] < 30, "the run was not killed mid-way"
     assert not (run / "models" / "model.pt").exists()
-    out = bundle(*args[:-4], "--max_epochs", str(saved[-1] + 2), "--val_interval", "100", "--resume", "true")
+    out = bundle(*args[:-4], "--max_epochs", str(saved[-1] + 2), "--val_interval", "1", "--resume", "true")
     log = out.stdout + out.stderr
     assert f"checkpoint_epoch={saved[-1]}.pt" in log and "Restored all variables" in log
     assert f"Epoch[{saved[-1] + 1}] Complete" in log and "Epoch[1] Complete" not in log  # continued, not restarted
     assert (ckpt / f"checkpoint_epoch={saved[-1] + 2}.pt").exists() and (run / "models" / "model.pt").exists()
+    # the exported weights are those of the best validation over both runs: the best seen before the kill
+    # travelled in the checkpoint (epochs validated after the last checkpoint were run again)
+    before = {e: v for e, v in validation_metrics(first.read_text()).items() if e <= saved[-1]}
+    metrics = {**before, **validation_metrics(log)}
+    assert sorted(metrics) == list(range(1, saved[-1] + 3))
+    best = min(e for e, v in metrics.items() if v == max(metrics.values()))  # the first epoch at the maximum
+    exported = torch.load(run / "models" / "model.pt", weights_only=True)["training"]
+    assert exported["epoch"] == best and exported["last_epoch"] == saved[-1] + 2, (metrics, exported)
 
 
 def test_ddp_two_processes_gloo(tmp_path):
@@ -189,8 +207,6 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     """Trained with a non-default image size, preset and rim, the model is evaluated and run with only
     ``--model_path`` and ``--dataset_dir``: the same scores as the training configuration's own scorer; the
     exported weights are those of the best validation epoch; contradicting overrides are refused or warned about."""
-    import re
-
     import torch
     from monai.bundle import ConfigParser
     from monai.data import DataLoader, Dataset

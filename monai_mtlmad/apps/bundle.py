@@ -112,13 +112,14 @@ def load_detector(
 
     scorer = AnomalyScorer.load(model_path, map_location=device)
     net = scorer.net
-    for key, given, stored in (("spatial_dims", spatial_dims, net.spatial_dims), ("in_channels", in_channels, net.in_channels)):
+    structural = (("spatial_dims", spatial_dims, net.spatial_dims), ("in_channels", in_channels, net.in_channels))
+    for key, given, stored in structural:
         if given is not None and int(given) != stored:
             raise ValueError(f"{model_path}: the model was trained with {key}={stored}, not {given}; leave {key} out "
                              "(the model file sets it) or train another model.")
     config = scorer.preprocessing_config
     if config is None:
-        raise ValueError(f"{model_path}: the model file holds no preprocessing settings; re-export it with this version.")
+        raise ValueError(f"{model_path}: the model file holds no preprocessing settings; export it with this version.")
     changed = {}
     dims = net.spatial_dims
     # None means "as in the file"

@@ -339,7 +339,8 @@ class AnomalyMapWriter:
             if is_raster(name):
                 grid = amap[0].numpy().T  # MONAI's readers put x first; pictures are stored rows first
                 np.save(output_path(self.output_dir, name, "map.npy", self.data_root), grid.astype(np.float32))
-                Image.fromarray(map_to_uint8(grid, threshold)).save(output_path(self.output_dir, name, "map.png", self.data_root))
+                grey = Image.fromarray(map_to_uint8(grid, threshold))
+                grey.save(output_path(self.output_dir, name, "map.png", self.data_root))
                 with Image.open(name) as picture:
                     overlay = blend_map(np.asarray(picture), grid, threshold)
                 Image.fromarray(overlay).save(output_path(self.output_dir, name, "overlay.png", self.data_root))
@@ -348,8 +349,9 @@ class AnomalyMapWriter:
                 writer.set_data_array(amap, channel_dim=0)
                 writer.set_metadata(amap.meta, resample=False)
                 writer.write(str(output_path(self.output_dir, name, "map.nii.gz", self.data_root)))
+            decision = "yes" if bool(o["anomalous"][i]) else "no"
             self.rows.append([
-                name, f"{float(o['score'][i]):.6f}", f"{float(o['p_value'][i]):.6f}", "yes" if bool(o["anomalous"][i]) else "no",
+                name, f"{float(o['score'][i]):.6f}", f"{float(o['p_value'][i]):.6f}", decision,
                 *[f"{float(o['task_scores'][t][i]):.6f}" for t in self.tasks],
             ])
 

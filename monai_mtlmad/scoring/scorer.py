@@ -226,7 +226,8 @@ class AnomalyScorer:
         for raw, fg in kept:
             for name, (_, emap) in raw.items():
                 if emap is not None:
-                    samples.setdefault(name, []).extend(_subset(m[f].float().cpu(), per_image, g) for m, f in zip(emap, fg))
+                    values = (_subset(m[f].float().cpu(), per_image, g) for m, f in zip(emap, fg))
+                    samples.setdefault(name, []).extend(values)
         folds = max(1, min(self.folds, n))
         fold_of = torch.randperm(n, generator=g) % folds
         self.stats = _calibration_stats(errors, samples, torch.ones(n, dtype=torch.bool))
@@ -275,7 +276,9 @@ class AnomalyScorer:
         total = sum(w[n] for n in task_scores)
         task_mean = sum(w[n] * s for n, s in task_scores.items()) / max(total, 1e-12)
         task_maps = {
-            n: (emap - stats[n]["pixel_loc"]) / stats[n]["pixel_scale"] for n, (_, emap) in raw.items() if emap is not None
+            n: (emap - stats[n]["pixel_loc"]) / stats[n]["pixel_scale"]
+            for n, (_, emap) in raw.items()
+            if emap is not None
         }
         if not task_maps:
             return task_mean, task_mean, task_scores, None, task_maps
@@ -323,7 +326,10 @@ class AnomalyScorer:
         )
 
     # ----------------------------------------------------------------------------------------- persistence
-    _SETTINGS = ("weights", "sigma", "quantile", "image_score", "rim", "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size")
+    _SETTINGS = (
+        "weights", "sigma", "quantile", "image_score", "rim", "fpr", "pixel_fpr", "folds", "roi_size", "overlap",
+        "batch_size",
+    )
     _CALIBRATION = ("stats", "normal_scores", "thresholds", "pixel_threshold", "f1_threshold", "calibration")
 
     def state_dict(self) -> dict:
