@@ -84,11 +84,6 @@ def calibration_split(
     return kept, calibration
 
 
-# bundle keys that a model file fixes: those that define the network are refused when they differ, those that
-# define preprocessing are applied with a warning (the model then sees images unlike its calibration normals)
-_STRUCTURAL = ("spatial_dims", "in_channels")
-
-
 def load_detector(
     model_path: str | Path,
     device=None,
@@ -112,6 +107,8 @@ def load_detector(
 
     scorer = AnomalyScorer.load(model_path, map_location=device)
     net = scorer.net
+    # settings that define the network are refused when they differ; those of the preprocessing are applied with a
+    # warning (the model then sees images unlike its calibration normals)
     structural = (("spatial_dims", spatial_dims, net.spatial_dims), ("in_channels", in_channels, net.in_channels))
     for key, given, stored in structural:
         if given is not None and int(given) != stored:

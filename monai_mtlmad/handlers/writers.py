@@ -156,7 +156,7 @@ class ModelExportHandler:
 
         scorer = self.scorer()
         last = int(engine.state.epoch)
-        if self.best is not None:
+        if self.best is not None and self.selection == "best":
             scorer.net.load_state_dict(self.best["network"])
             why = f"best {self.best['metric']} = {self.best['value']:.4f} over the validations"
             epoch = self.best["epoch"]
