@@ -147,16 +147,19 @@ def test_3d_map_written_back_has_input_affine_and_shape(tmp_path):
 
 
 def test_preprocessing_presets(tmp_path):
-    rgb_gray = png(tmp_path / "g.png", shape=(16, 16), value=51, rgb=True)
+    ramp = np.repeat(np.linspace(0, 51, 16).round().astype(np.uint8)[None, :, None], 16, 0).repeat(3, 2)
+    rgb_gray = tmp_path / "g.png"  # grey levels 0..51 stored as RGB
+    Image.fromarray(ramp).save(rgb_gray)
     det, rand = preprocessing("png", 16, with_mask=False)
     out = det({"image": str(rgb_gray)})
     assert out["image"].shape == (1, 16, 16) and float(out["image"].max()) == pytest.approx(0.2)
     det3, _ = preprocessing("rgb", 16, channels=3, with_mask=False)
     assert det3({"image": str(rgb_gray)})["image"].shape == (3, 16, 16)
     ct = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.array([-1000, -160, 40, 240, 1000], np.float32).reshape(5, 1, 1).repeat(4, 1).repeat(4, 2), np.eye(4)), ct)
-    ct_out = preprocessing("ct", (5, 4, 4), spatial_dims=3, with_mask=False)[0]({"image": str(ct)})["image"]
-    np.testing.assert_allclose(ct_out[0, :, 0, 0].numpy(), [0, 0, 0.5, 1, 1], atol=1e-5)
+    hu = np.array([-1000, -160, 40, 240, 1000], np.float32).repeat(2).reshape(10, 1, 1).repeat(8, 1).repeat(8, 2)
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), ct)
+    ct_out = preprocessing("ct", (10, 8, 8), spatial_dims=3, with_mask=False)[0]({"image": str(ct)})["image"]
+    np.testing.assert_allclose(ct_out[0, ::2, 0, 0].numpy(), [0, 0, 0.5, 1, 1], atol=1e-5)
     with pytest.raises(ValueError, match="preset"):
         preprocessing("pet")
     # a mask with a different shape than its image fails at load too, naming the mask

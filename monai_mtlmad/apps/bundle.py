@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_mtlmad.data.bmad import bmad_datalist
-from monai_mtlmad.data.files import is_image_file
+from monai_mtlmad.data.files import is_image_file, is_mask_folder
 from monai_mtlmad.data.folders import folder_datalist
 
 __all__ = ["latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector"]
@@ -47,11 +47,12 @@ def input_datalist(source: str | Path, split: str = "test") -> list[dict]:
         return [{"image": str(src)}]
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder.")
-    try:
-        items = bmad_datalist(src, split)
+    try:  # headers are not read here: an unreadable file is skipped and recorded when it is loaded
+        items = bmad_datalist(src, split, check=False)
     except FileNotFoundError:
-        items = folder_datalist(src, recursive=True)
-    logger.info(f"{src}: {len(items)} input(s) to score")
+        items = folder_datalist(src, recursive=True, check=False)
+    masks = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_dir() and is_mask_folder(p))
+    logger.info(f"{src}: {len(items)} input(s) to score" + (f"; mask folders left out: {', '.join(masks)}" if masks else ""))
     return [{"image": d["image"]} for d in items]
 
 

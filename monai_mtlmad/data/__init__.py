@@ -3,15 +3,25 @@
 """Data: BMAD and folder datalists, modality preprocessing, cached datasets, and the embedded demo phantoms."""
 
 from monai_mtlmad.data.bmad import BMAD_DATASETS, BMADInfo, bmad_datalist, bmad_info
+from monai_mtlmad.data.checks import CheckImage, CheckImaged, ImageProblem, describe_failure
 from monai_mtlmad.data.demo import DEMO_AFFINE, make_demo_dataset
 from monai_mtlmad.data.files import IMAGE_SUFFIXES, check_pairs, image_shape, list_images
 from monai_mtlmad.data.folders import folder_datalist
-from monai_mtlmad.data.loading import make_dataset, make_loader
+from monai_mtlmad.data.loading import (
+    CheckedCacheDataset,
+    SkippingDataset,
+    make_dataset,
+    make_loader,
+    raise_on_failures,
+    skipping_collate,
+)
 from monai_mtlmad.data.phantom import LESION_KINDS, head_phantoms, insert_lesions
 from monai_mtlmad.data.preprocessing import (
     PRESETS,
     AsGrayscale,
     AsGrayscaled,
+    DropAlpha,
+    DropAlphad,
     LoadMaskd,
     ScaleIntensityInForeground,
     ScaleIntensityInForegroundd,
@@ -20,11 +30,12 @@ from monai_mtlmad.data.preprocessing import (
 
 __all__ = [
     "BMAD_DATASETS", "BMADInfo", "bmad_datalist", "bmad_info",
+    "CheckImage", "CheckImaged", "ImageProblem", "describe_failure",
     "DEMO_AFFINE", "make_demo_dataset",
     "IMAGE_SUFFIXES", "check_pairs", "image_shape", "list_images",
     "folder_datalist",
-    "make_dataset", "make_loader",
+    "CheckedCacheDataset", "SkippingDataset", "make_dataset", "make_loader", "raise_on_failures", "skipping_collate",
     "LESION_KINDS", "head_phantoms", "insert_lesions",
-    "PRESETS", "AsGrayscale", "AsGrayscaled", "LoadMaskd", "ScaleIntensityInForeground",
+    "PRESETS", "AsGrayscale", "AsGrayscaled", "DropAlpha", "DropAlphad", "LoadMaskd", "ScaleIntensityInForeground",
     "ScaleIntensityInForegroundd", "preprocessing",
 ]

@@ -9,6 +9,9 @@ Presets:
 - ``ct``: Hounsfield window ``ct_window`` (default the abdominal/liver window -160..240 HU);
 - ``rgb``: colour images (histopathology), ``/255`` per channel.
 
+Every input is checked right after loading (:class:`~monai_mtlmad.data.checks.CheckImage`: NaN, constant, binary,
+wrong dimensionality, tiny, outside the preset's value range), so nothing unusable is ever scored.
+
 Geometry: 2D images are resized to ``spatial_size`` (BMAD's protocol). 3D volumes are first brought to a
 canonical pose (``Orientationd`` to RAS), so that the orientation task learns anatomy rather than how a file
 happens to be stored, then resampled with their voxel spacing respected: to a fixed ``spacing`` (mm) and centred
@@ -49,6 +52,7 @@ from monai.transforms import (
 from monai.data.utils import affine_to_spacing
 from monai.utils import convert_to_dst_type
 
+from monai_mtlmad.data.checks import CheckImaged
 from monai_mtlmad.transforms.foreground import ForegroundMaskd
 from monai_mtlmad.transforms.keywise import KeyWised
 from monai_mtlmad.transforms.functional import ensure_tuple_dims
@@ -57,6 +61,8 @@ __all__ = [
     "PRESETS",
     "AsGrayscale",
     "AsGrayscaled",
+    "DropAlpha",
+    "DropAlphad",
     "ScaleIntensityInForeground",
     "ScaleIntensityInForegroundd",
     "LoadMaskd",
@@ -68,14 +74,30 @@ PRESETS = ("png", "mri", "ct", "rgb")
 
 
 class AsGrayscale(Transform):
-    """``(C, *spatial)`` -> ``(1, *spatial)`` channel mean (grayscale data stored as RGB, e.g. BraTS PNGs)."""
+    """``(C, *spatial)`` -> ``(1, *spatial)`` channel mean (grayscale data stored as RGB, e.g. BraTS PNGs); the
+    alpha channel of grey + alpha (2 channels) and RGBA (4) pictures is left out."""
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         if img.shape[0] == 1:
             return img
+        img = DropAlpha()(img)
         if isinstance(img, np.ndarray):
             return img.mean(0, keepdims=True)
         return img.float().mean(0, keepdim=True)
+
+
+class DropAlpha(Transform):
+    """``(C, *spatial)`` pictures: the alpha channel of grey + alpha (C = 2) and RGBA (C = 4) left out."""
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        return img[:-1] if img.shape[0] in (2, 4) else img
+
+
+class DropAlphad(KeyWised):
+    """Dictionary-based :class:`DropAlpha`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, DropAlpha(), allow_missing_keys=allow_missing_keys)
 
 
 class AsGrayscaled(KeyWised):
@@ -197,10 +219,11 @@ def preprocessing(
     size = ensure_tuple_dims(spatial_size, spatial_dims, "spatial_size")
     keys = ["image", "mask"] if with_mask else ["image"]
     det = [LoadImaged("image", image_only=True), EnsureChannelFirstd("image")]
+    value_range = (0, 255) if preset in ("png", "rgb") else None  # 8-bit pictures: 16-bit ones would saturate
+    det.append(CheckImaged("image", spatial_dims=spatial_dims, channels=channels, value_range=value_range))
     if with_mask:
         det.append(LoadMaskd("mask"))
-    if channels == 1:
-        det.append(AsGrayscaled("image"))
+    det.append(AsGrayscaled("image") if channels == 1 else DropAlphad("image"))
     det.append(EnsureTyped("image", dtype=torch.float32))
     if preset in ("png", "rgb"):
         det.append(ScaleIntensityRanged("image", 0, 255, 0, 1, clip=True))

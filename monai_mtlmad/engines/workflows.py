@@ -7,10 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
+from monai.data import MetaTensor, decollate_batch
 from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
+from monai_mtlmad.data.checks import describe_failure
 from monai_mtlmad.engines.multitask_step import clip_and_step, multitask_loss
 from monai_mtlmad.losses.multitask import MultiTaskLoss
 from monai_mtlmad.scoring.scorer import AnomalyScorer
@@ -111,8 +113,11 @@ class AnomalyEvaluator(Evaluator):
     """Scores every batch with an :class:`~monai_mtlmad.scoring.AnomalyScorer`.
 
     ``engine.state.output`` holds ``image``, ``score``, ``label``, ``map``, ``mask`` (zeros without ground truth),
-    ``foreground``, ``task_scores``, ``task_maps``, ``p_value``, ``anomalous`` and ``meta`` (the image metadata,
-    e.g. file names and affines), so metric handlers and writers can read what they need.
+    ``foreground``, ``task_scores``, ``task_maps``, ``p_value``, ``anomalous``, ``inputs`` (each image as loaded,
+    a ``MetaTensor`` with its file name, affine and transform history, or None for plain tensors) and ``skipped``
+    (``[(source, reason), ...]`` of the batch's inputs that could not be loaded or scored), so metric handlers and
+    writers can read what they need. An input that fails to score is isolated (the batch is scored image by image)
+    and skipped; a batch whose inputs were all skipped gives an output with ``skipped`` only.
 
     Args:
         device, val_data_loader, epoch_length, key_val_metric, additional_metrics, val_handlers: as
@@ -159,26 +164,63 @@ class AnomalyEvaluator(Evaluator):
             self.scorer.fit(normal_batches(self.calibration, self.image_key, self.state.device))
         super().run(global_epoch)
 
+    def _score_each(self, images: torch.Tensor, fg: torch.Tensor | None, sources: list) -> tuple[list[int], list]:
+        """After a batch failed to score: which images score on their own, and why the others do not."""
+        keep, failed = [], []
+        for i in range(images.shape[0]):
+            try:
+                self.scorer.score(images[i : i + 1], foreground=None if fg is None else fg[i : i + 1])
+                keep.append(i)
+            except Exception as e:  # one input must not sink the batch
+                failed.append((sources[i], describe_failure(e, sources[i])))
+        return keep, failed
+
     def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:  # type: ignore[override]
+        skipped = list(batchdata.get("skipped", []))  # inputs that failed to load or preprocess
+        if self.image_key not in batchdata:  # every input of this batch was skipped
+            engine.state.output = {"skipped": skipped}
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            engine.fire_event(IterationEvents.MODEL_COMPLETED)
+            return engine.state.output
         images = batch_images(batchdata, self.image_key, engine.state.device)
         fg = batchdata.get(f"{self.image_key}_foreground")
-        res = self.scorer.score(images, foreground=None if fg is None else torch.as_tensor(fg).to(images.device))
-        n = images.shape[0]
-        mask = batchdata.get("mask")
+        fg = None if fg is None else torch.as_tensor(fg).to(images.device)
+        raw = batchdata[self.image_key]
+        inputs = decollate_batch(raw) if isinstance(raw, MetaTensor) else [None] * images.shape[0]
+        mask = batch_images(batchdata, "mask", images.device) if batchdata.get("mask") is not None else None
         label = batchdata.get("label")
+        label = torch.as_tensor(label).to(images.device).long() if label is not None else None
+        try:
+            res = self.scorer.score(images, foreground=fg)
+        except Exception:  # find the input(s) at fault, score the others
+            sources = [getattr(x, "meta", {}).get("filename_or_obj", f"image {i}") for i, x in enumerate(inputs)]
+            keep, failed = self._score_each(images, fg, sources)
+            for source, reason in failed:
+                self.logger.warning(f"skipped {reason}")
+            skipped += failed
+            if not keep:
+                engine.state.output = {"skipped": skipped}
+                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+                engine.fire_event(IterationEvents.MODEL_COMPLETED)
+                return engine.state.output
+            images, inputs = images[keep], [inputs[i] for i in keep]
+            fg, mask, label = (None if t is None else t[keep] for t in (fg, mask, label))
+            res = self.scorer.score(images, foreground=fg)
+        n = images.shape[0]
         engine.state.output = {
             Keys.IMAGE: images,
             "score": res.score,
-            "label": torch.as_tensor(label).to(images.device).long() if label is not None else torch.zeros(n, dtype=torch.long),
+            "label": label if label is not None else torch.zeros(n, dtype=torch.long, device=images.device),
             "map": res.map,
-            "mask": batch_images(batchdata, "mask", images.device) if mask is not None else torch.zeros_like(res.map),
+            "mask": mask if mask is not None else torch.zeros_like(res.map),
             "foreground": res.foreground,
             "task_scores": res.task_scores,
             "task_maps": res.task_maps,
             "p_value": res.p_value,
             "anomalous": res.anomalous,
-            "meta": getattr(batchdata[self.image_key], "meta", {}),
+            "inputs": inputs,
             "expert_usage": res.expert_usage,
+            "skipped": skipped,
         }
         if self.task_loss:
             tasks = self.scorer.tasks

@@ -37,11 +37,13 @@ def _is_main() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
-def _file_names(meta: dict, n: int) -> list[str]:
-    names = meta.get("filename_or_obj") if isinstance(meta, dict) else None
-    if names is None:
-        return [f"image_{i}" for i in range(n)]
-    return [str(v) for v in (names if isinstance(names, (list, tuple)) else [names] * n)]
+def _file_names(inputs: list) -> list[str]:
+    """The source of each of the evaluator's ``inputs`` (a placeholder for plain tensors)."""
+    return [str(getattr(x, "meta", {}).get("filename_or_obj", f"image_{i}")) for i, x in enumerate(inputs)]
+
+
+def _skipped_note(skipped: list) -> str:
+    return "; ".join(reason for _, reason in skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
 
 
 class TaskStatsTensorBoardHandler:
@@ -184,23 +186,35 @@ class AnomalyReportWriter:
       rate, the one measured on this split's normal images and the true-positive rate on its anomalies),
       ``calibration`` (how many normal images set the calibration, and from where) and ``model`` (the exported
       epoch and why it was chosen);
-    - ``scores.csv``: file, label, score, p-value, anomalous, per-task scores;
+    - ``scores.csv``: file, label, score, p-value, anomalous, per-task scores, note (why an input was skipped);
     - ``overlays/``: pictures of the ``num_overlays`` highest- and lowest-scoring cases.
+
+    Metrics over a set with skipped inputs (unreadable or unusable files, see
+    :class:`~monai_mtlmad.data.checks.CheckImage`) would describe another set: unless ``allow_skipped``, the writer
+    then writes ``scores.csv`` (skipped inputs with their reasons) but no ``metrics.json`` (an earlier one stays) and
+    raises; with ``allow_skipped`` the metrics cover the others and ``metrics.json`` says how many were skipped.
     """
 
-    def __init__(self, output_dir: str | Path, num_overlays: int = 3) -> None:
-        self.output_dir, self.num_overlays = Path(output_dir), num_overlays
+    def __init__(self, output_dir: str | Path, num_overlays: int = 3, allow_skipped: bool = False) -> None:
+        self.output_dir, self.num_overlays, self.allow_skipped = Path(output_dir), num_overlays, allow_skipped
         self.rows: list[dict] = []
+        self.skipped: list[tuple[str, str]] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
+    def reset(self, engine: Engine) -> None:
+        self.rows.clear()
+        self.skipped.clear()
+
     def collect(self, engine: Engine) -> None:
         o = engine.state.output
-        names = _file_names(o["meta"], len(o["score"]))
-        for i, name in enumerate(names):
+        self.skipped += [(str(s), r) for s, r in o.get("skipped", [])]
+        if "score" not in o:
+            return
+        for i, name in enumerate(_file_names(o["inputs"])):
             self.rows.append({
                 "file": name,
                 "image": o["image"][i].cpu(),
@@ -216,10 +230,18 @@ class AnomalyReportWriter:
             })
 
     def write(self, engine: Engine) -> None:
-        if not self.rows:
-            raise ValueError("the evaluation saw no image.")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         r = self.rows
+        self._write_scores()
+        total = len(r) + len(self.skipped)
+        if not r:
+            raise ValueError(f"the evaluation scored no image ({len(self.skipped)} skipped: {_skipped_note(self.skipped)}).")
+        if self.skipped and not self.allow_skipped:
+            raise ValueError(
+                f"{len(self.skipped)} of {total} images could not be scored ({_skipped_note(self.skipped)}); metrics over "
+                f"the others would describe another set, so none were written (scores.csv lists every input). Fix or "
+                "remove those files, or set allow_skipped to report metrics over the rest."
+            )
         scores = torch.tensor([x["score"] for x in r])
         labels = torch.tensor([x["label"] for x in r])
         masks = torch.stack([x["mask"] for x in r])
@@ -234,6 +256,7 @@ class AnomalyReportWriter:
         }
         metrics["n_images"] = len(r)
         metrics["n_anomalous"] = int(labels.sum())
+        metrics["skipped"] = {"count": len(self.skipped), "inputs": [list(s) for s in self.skipped]}
         flagged = torch.tensor([x["anomalous"] for x in r])
         metrics["flagged_fraction"] = float(flagged.float().mean())
         scorer = getattr(engine, "scorer", None)
@@ -251,13 +274,6 @@ class AnomalyReportWriter:
             metrics["calibration"] = {**scorer.calibration, **counts}
             metrics["model"] = {k: v for k, v in scorer.training.items() if k not in counts}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        with open(self.output_dir / "scores.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            tasks = list(r[0]["task_scores"])
-            w.writerow(["file", "label", "score", "p_value", "anomalous", *tasks])
-            for x in r:
-                w.writerow([x["file"], x["label"], f"{x['score']:.6f}", f"{x['p_value']:.6f}", "yes" if x["anomalous"] else "no",
-                            *[f"{x['task_scores'][t]:.6f}" for t in tasks]])
         order = sorted(range(len(r)), key=lambda i: r[i]["score"])
         picks = [("lowest", i) for i in order[: self.num_overlays]] + [("highest", i) for i in order[::-1][: self.num_overlays]]
         for rank, (tag, i) in enumerate(picks):
@@ -270,6 +286,20 @@ class AnomalyReportWriter:
         engine.state.metrics.update({k: v for k, v in metrics.items() if isinstance(v, float)})
         engine.logger.info(f"metrics written to {self.output_dir / 'metrics.json'}: " + json.dumps(
             {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "baseline_image_auroc_foreground")}))
+
+
+    def _write_scores(self) -> None:
+        r = self.rows
+        tasks = list(r[0]["task_scores"]) if r else []
+        with open(self.output_dir / "scores.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "label", "score", "p_value", "anomalous", *tasks, "note"])
+            for x in r:
+                decision = "yes" if x["anomalous"] else "no"
+                w.writerow([x["file"], x["label"], f"{x['score']:.6f}", f"{x['p_value']:.6f}", decision,
+                            *[f"{x['task_scores'][t]:.6f}" for t in tasks], ""])
+            for source, reason in self.skipped:
+                w.writerow([source, "", "", "", "skipped", *[""] * len(tasks), reason])
 
 
 def _none_if_nan(v: float) -> float | None:
@@ -305,7 +335,8 @@ class AnomalyMapWriter:
     - volumes (NIfTI, NRRD, MetaImage, DICOM series): ``<stem>_map.nii.gz``, float32, with the input's affine.
 
     Outputs mirror each input's path relative to ``data_root``. ``scores.csv``: file, score, p-value, decision,
-    per-task scores.
+    per-task scores, and a note; an input that could not be loaded or scored is recorded there as ``skipped`` with
+    the reason (and in the log), and the others are scored.
 
     Args:
         output_dir: where to write.
@@ -319,21 +350,28 @@ class AnomalyMapWriter:
         self.output_dir, self.data_root = Path(output_dir), data_root
         self.invert = Invertd("map", preprocessing, orig_keys="image", nearest_interp=False)
         self.rows: list[list] = []
+        self.skipped: list[tuple[str, str]] = []
         self.tasks: list[str] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
         engine.add_event_handler(Events.COMPLETED, self.write_scores)
 
+    def reset(self, engine: Engine) -> None:
+        self.rows.clear()
+        self.skipped = []
+
     def write_batch(self, engine: Engine) -> None:
-        from monai.data import MetaTensor, NibabelWriter, decollate_batch
+        from monai.data import MetaTensor, NibabelWriter
 
         o = engine.state.output
-        images = decollate_batch(engine.state.batch["image"])
+        self.skipped += [(str(s), r) for s, r in o.get("skipped", [])]
+        if "score" not in o:
+            return
         threshold = getattr(getattr(engine, "scorer", None), "pixel_threshold", None)
         self.tasks = list(o["task_scores"])
-        for i, image in enumerate(images):
+        for i, image in enumerate(o["inputs"]):
             name = str(image.meta["filename_or_obj"])
             amap = self.invert({"image": image, "map": MetaTensor(o["map"][i].detach().float().cpu())})["map"]
             if is_raster(name):
@@ -352,15 +390,18 @@ class AnomalyMapWriter:
             decision = "yes" if bool(o["anomalous"][i]) else "no"
             self.rows.append([
                 name, f"{float(o['score'][i]):.6f}", f"{float(o['p_value'][i]):.6f}", decision,
-                *[f"{float(o['task_scores'][t][i]):.6f}" for t in self.tasks],
+                *[f"{float(o['task_scores'][t][i]):.6f}" for t in self.tasks], "",
             ])
 
     def write_scores(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "scores.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["file", "score", "p_value", "anomalous", *self.tasks])
+            w.writerow(["file", "score", "p_value", "anomalous", *self.tasks, "note"])
             w.writerows(self.rows)
+            w.writerows([source, "", "", "skipped", *[""] * len(self.tasks), reason] for source, reason in self.skipped)
+        message = f"scored {len(self.rows)} input(s), skipped {len(self.skipped)}; scores in {self.output_dir / 'scores.csv'}"
+        (engine.logger.warning if self.skipped else engine.logger.info)(message)
 
 
 class AnomalyMapTensorBoardHandler:
@@ -389,8 +430,8 @@ class AnomalyMapTensorBoardHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     def keep(self, engine: Engine) -> None:
-        if self.first is None:
-            o = engine.state.output
+        o = engine.state.output
+        if self.first is None and "map" in o:
             self.first = {"image": o["image"][: self.max_images].cpu(), "map": o["map"][: self.max_images].cpu()}
 
     def write(self, engine: Engine) -> None:

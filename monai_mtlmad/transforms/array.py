@@ -398,9 +398,12 @@ class PseudoLabel(Transform):
         from skimage.filters import sobel, threshold_multiotsu, threshold_otsu
 
         x = convert_to_tensor(img, track_meta=False).detach().float().cpu().numpy().mean(0)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # never crash on what checks let through
         if self.method == "multiotsu":
-            if np.ptp(x) == 0:
-                labels = np.zeros(x.shape, dtype=np.int64)
+            levels = np.unique(x)
+            if levels.size <= self.classes:
+                # too few grey levels for multi-Otsu (binary or near-constant images): one class per level, in order
+                labels = np.searchsorted(levels, x).astype(np.int64)
             else:
                 labels = np.digitize(x, threshold_multiotsu(x, classes=self.classes)).astype(np.int64)
         else:

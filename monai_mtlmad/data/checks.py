@@ -1,0 +1,119 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""What makes an input unusable, found before it is scored: every problem named with its file.
+
+A scan that is NaN-filled, constant, binary (a mask in the image folder), of the wrong dimensionality (a 4D series,
+a single slice, a 2D picture for a 3D model), tiny, or outside its preset's value range would otherwise be scored,
+and a score for garbage looks like any other score. :class:`CheckImage` raises :class:`ImageProblem` instead; the
+datasets in :mod:`monai_mtlmad.data.loading` turn it into a fail-fast list (training) or a recorded skip
+(inference), see :func:`describe_failure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+
+__all__ = ["ImageProblem", "CheckImage", "CheckImaged", "describe_failure"]
+
+
+class ImageProblem(ValueError):
+    """An input that cannot be scored meaningfully; the message starts with the file name."""
+
+
+def _name(img, default: str = "image") -> str:
+    meta = getattr(img, "meta", None) or {}
+    return str(meta.get("filename_or_obj", default))
+
+
+def describe_failure(error: BaseException, source: object) -> str:
+    """One line for a failed input: the innermost cause of ``error`` (MONAI's ``Compose`` wraps what a transform
+    raised), prefixed by ``source`` unless the message already names it."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not isinstance(error, (ImageProblem, ValueError, FileNotFoundError)):
+        text = f"{type(error).__name__}: {text}"
+    return text if str(source) in text else f"{source}: {text}"
+
+
+class CheckImage(Transform):
+    """Refuse an image that cannot be scored meaningfully; return it unchanged otherwise.
+
+    Args:
+        spatial_dims: what the model expects, 2 or 3.
+        channels: 1 (grayscale; pictures stored as grey + alpha, RGB or RGBA are accepted and converted later) or 3.
+        value_range: (low, high) the preset can represent (e.g. 8-bit pictures: 0..255); None: any.
+        min_size: smallest spatial side accepted.
+
+    Raises:
+        ImageProblem: ``"<file>: <what is wrong>"``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int = 1,
+        value_range: Sequence[float] | None = None,
+        min_size: int = 4,
+    ) -> None:
+        self.spatial_dims, self.channels, self.value_range, self.min_size = spatial_dims, channels, value_range, min_size
+
+    def problem(self, img: NdarrayOrTensor) -> str | None:
+        """What is wrong with ``img`` ``(C, *spatial)``, or None."""
+        spatial = tuple(img.shape[1:])
+        dims, c = len(spatial), img.shape[0]
+        if dims != self.spatial_dims:
+            kind = {2: "a 2D image", 3: "a 3D volume"}.get(dims, f"{dims}D data")
+            want = "2D images" if self.spatial_dims == 2 else "3D volumes"
+            return f"is {kind} of shape {spatial}; this model expects {want}"
+        if self.spatial_dims == 3 and c > 1 and self.channels == 1:
+            return f"is a 4D series ({c} frames or channels of shape {spatial}); one 3D volume is expected"
+        allowed = (1, 2, 3, 4) if self.channels == 1 else (3, 4)
+        if self.spatial_dims == 2 and c not in allowed:
+            return f"has {c} channels; {'grey, grey + alpha, RGB or RGBA' if self.channels == 1 else 'RGB(A)'} expected"
+        if min(spatial) < self.min_size:
+            return f"is too small ({spatial}; at least {self.min_size} per side)"
+        x = torch.as_tensor(img).detach()
+        x = x.float() if not x.is_floating_point() else x
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            return f"holds {bad} NaN or infinite value{'s' * (bad > 1)} of {x.numel()}"
+        lo, hi = float(x.min()), float(x.max())
+        if lo == hi:
+            return f"is constant (every value {lo:g})"
+        flat = x.reshape(-1)
+        probe = flat[:: max(1, flat.numel() // 1_000_000)]  # a strided sample first: unique() on a whole CT is slow
+        if torch.unique(probe).numel() <= 2 and torch.unique(flat).numel() <= 2:
+            return f"holds only two values ({lo:g} and {hi:g}): a mask or a binary image, not a scan"
+        if self.value_range is not None and (lo < self.value_range[0] or hi > self.value_range[1]):
+            return (f"has values {lo:g}..{hi:g}, outside the range {self.value_range[0]:g}..{self.value_range[1]:g} "
+                    "of the model's preset (e.g. a 16-bit picture for an 8-bit preset)")
+        return None
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        problem = self.problem(img)
+        if problem is not None:
+            raise ImageProblem(f"{_name(img)}: {problem}.")
+        return img
+
+
+class CheckImaged(MapTransform):
+    """Dictionary-based :class:`CheckImage`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.checker = CheckImage(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self.checker(d[key])
+        return d
+
+
+CheckImageD = CheckImageDict = CheckImaged
