@@ -4,6 +4,8 @@ import torch
 
 from monai_mtlmad.data import head_phantoms
 
+from helpers import train_model
+
 torch.set_num_threads(2)
 
 
@@ -26,3 +28,17 @@ def as_input(array: np.ndarray, kind: str):
 
 
 INPUT_KINDS = ["numpy", "torch"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="session")
+def model_2d(tmp_path_factory):
+    """A 2D learner (32x32, 200 steps, png preset) in a model file, and its scorer."""
+    path = tmp_path_factory.mktemp("model2d") / "model.pt"
+    return path, train_model(path, 2, "png", steps=200)
+
+
+@pytest.fixture(scope="session")
+def model_3d(tmp_path_factory):
+    """A 3D learner (32^3, 80 steps, mri preset) in a model file, and its scorer."""
+    path = tmp_path_factory.mktemp("model3d") / "model.pt"
+    return path, train_model(path, 3, "mri", steps=80)

@@ -17,7 +17,7 @@ import pytest
 
 from monai_mtlmad.data import DEMO_AFFINE, make_demo_dataset
 
-from bundle_helpers import CONFIGS, ROOT, bundle, configs, infer
+from helpers import CONFIGS, ROOT, bundle, configs, infer
 
 METRIC_KEYS = [
     "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_dice",

@@ -12,36 +12,10 @@ import torch
 from PIL import Image
 
 from monai_mtlmad.data import head_phantoms
-from monai_mtlmad.engines import fit_learner
-from monai_mtlmad.networks import MTLMoENet
 from monai_mtlmad.scoring import AnomalyScorer
-from monai_mtlmad.tasks import DEFAULT_TASKS, create_tasks
+from monai_mtlmad.tasks import DEFAULT_TASKS
 
-from bundle_helpers import infer
-
-
-def train_model(path, dims, preset, steps, seed=0):
-    """A small learner trained on phantoms and saved as the bundle saves it (self-describing model file)."""
-    torch.manual_seed(seed)
-    tasks = create_tasks(DEFAULT_TASKS, dims)
-    net = MTLMoENet(dims, 1, {t.name: t.head for t in tasks}, channels=(8, 16, 32, 32), strides=(2, 2, 2, 2))
-    fit_learner(net, tasks, torch.from_numpy(head_phantoms(16, (32,) * dims, seed=1)), steps=steps, batch_size=4 if dims == 2 else 2)
-    scorer = AnomalyScorer(net, tasks, fpr=0.1, preprocessing={"preset": preset, "spatial_size": 32})
-    scorer.fit(torch.from_numpy(head_phantoms(8, (32,) * dims, seed=2)))
-    scorer.save(path)
-    return scorer
-
-
-@pytest.fixture(scope="module")
-def model_2d(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model2d") / "model.pt"
-    return path, train_model(path, 2, "png", steps=200)
-
-
-@pytest.fixture(scope="module")
-def model_3d(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model3d") / "model.pt"
-    return path, train_model(path, 3, "mri", steps=80)
+from helpers import infer
 
 
 def peak(array):

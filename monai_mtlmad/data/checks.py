@@ -3,7 +3,8 @@
 """What makes an input unusable, found before it is scored: every problem named with its file.
 
 A scan that is NaN-filled, constant, binary (a mask in the image folder), of the wrong dimensionality (a 4D series,
-a single slice, a 2D picture for a 3D model), tiny, or outside its preset's value range would otherwise be scored,
+a single slice, a 2D picture for a 3D model), tiny, outside its preset's value range, or a DICOM series with
+missing slices or foreign files would otherwise be scored,
 and a score for garbage looks like any other score. :class:`CheckImage` raises :class:`ImageProblem` instead; the
 datasets in :mod:`monai_mtlmad.data.loading` turn it into a fail-fast list (training) or a recorded skip
 (inference), see :func:`describe_failure`.
@@ -12,12 +13,14 @@ datasets in :mod:`monai_mtlmad.data.loading` turn it into a fail-fast list (trai
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["ImageProblem", "CheckImage", "CheckImaged", "describe_failure"]
+__all__ = ["ImageProblem", "CheckImage", "CheckImaged", "describe_failure", "dicom_series_problem"]
 
 
 class ImageProblem(ValueError):
@@ -40,8 +43,45 @@ def describe_failure(error: BaseException, source: object) -> str:
     return text if str(source) in text else f"{source}: {text}"
 
 
+def dicom_series_problem(folder: str | Path) -> str | None:
+    """What is wrong with a folder of DICOM slices as one series, or None: files that are not slices of the series
+    (unreadable, or another series), duplicate positions, or missing slices (a gap in ImagePositionPatient along
+    the slice normal); readers would otherwise stack what they find and assume even spacing."""
+    import itk
+
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() == ".dcm"]
+    names = list(itk.GDCMSeriesFileNames.New(Directory=str(folder)).GetInputFileNames())
+    if len(names) < len(files):
+        return f"{len(files) - len(names)} of {len(files)} .dcm files are not slices of its series (unreadable or another series)"
+    positions, normal = [], None
+    for name in names:
+        io = itk.GDCMImageIO.New()
+        io.SetFileName(name)
+        io.ReadImageInformation()
+        found, position = io.GetValueFromTag("0020|0032", "")
+        if not found:
+            return None  # no slice positions recorded: nothing to compare
+        positions.append([float(v) for v in position.split("\\")])
+        found, orientation = io.GetValueFromTag("0020|0037", "")
+        if normal is None and found:
+            r = [float(v) for v in orientation.split("\\")]
+            normal = np.cross(r[:3], r[3:])
+    if len(positions) < 3:
+        return None
+    p = np.asarray(positions)
+    normal = normal if normal is not None and np.linalg.norm(normal) > 0 else p[-1] - p[0]
+    gaps = np.diff(np.sort(p @ (normal / max(np.linalg.norm(normal), 1e-12))))
+    step = float(np.median(gaps))
+    if step <= 1e-6 or gaps.min() < 0.5 * step:
+        return "has slices at duplicate positions"
+    if gaps.max() > 1.5 * step:
+        return f"has missing slices: they are {step:.3g} mm apart, but one gap is {gaps.max():.3g} mm"
+    return None
+
+
 class CheckImage(Transform):
-    """Refuse an image that cannot be scored meaningfully; return it unchanged otherwise.
+    """Refuse an image that cannot be scored meaningfully; return it unchanged otherwise (DICOM series folders are
+    also checked with :func:`dicom_series_problem`).
 
     Args:
         spatial_dims: what the model expects, 2 or 3.
@@ -77,6 +117,11 @@ class CheckImage(Transform):
             return f"has {c} channels; {'grey, grey + alpha, RGB or RGBA' if self.channels == 1 else 'RGB(A)'} expected"
         if min(spatial) < self.min_size:
             return f"is too small ({spatial}; at least {self.min_size} per side)"
+        source = Path(_name(img, ""))
+        if source.is_dir():  # a DICOM series folder
+            series = dicom_series_problem(source)
+            if series is not None:
+                return series
         x = torch.as_tensor(img).detach()
         x = x.float() if not x.is_floating_point() else x
         finite = torch.isfinite(x)
