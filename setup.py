@@ -30,7 +30,7 @@ setup(
         "jsonschema",  # `monai.bundle verify_metadata`
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "scikit-learn"],
+        "test": ["pytest", "pytest-timeout", "scikit-learn", "hypothesis"],
         "monailabel": ["monailabel"],
         "notebooks": ["jupyter", "nbconvert", "matplotlib"],
     },

@@ -383,7 +383,7 @@ def warp(x: torch.Tensor, displacement: torch.Tensor, padding_mode: str = "borde
     dims = x.ndim - 2
     grid = normalised_grid(x.shape[2:], x.device).unsqueeze(0) + displacement
     grid = grid.flip(1).permute(0, *range(2, 2 + dims), 1)  # grid_sample wants (x, y[, z]) = reversed axes
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=True)
 
 
 def synthesize_pseudo_anomalies(
