@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from monai_mtlmad.data import DEMO_AFFINE, make_demo_dataset
+from monai_mtlmad.safe_io import load_checked
 
 from helpers import CONFIGS, ROOT, bundle, configs, infer
 
@@ -168,7 +169,7 @@ def test_resume_a_killed_run(tmp_path):
     metrics = {**before, **validation_metrics(log)}
     assert sorted(metrics) == list(range(1, saved[-1] + 3))
     best = min(e for e, v in metrics.items() if v == max(metrics.values()))  # the first epoch at the maximum
-    exported = torch.load(run / "models" / "model.pt", weights_only=True)["training"]
+    exported = load_checked(run / "models" / "model.pt")["training"]
     assert exported["epoch"] == best and exported["last_epoch"] == saved[-1] + 2, (metrics, exported)
 
 
@@ -187,7 +188,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert len(writers) == 1, "only rank 0 writes TensorBoard logs"
     import torch
 
-    state = torch.load(run / "models" / "model.pt", weights_only=True)
+    state = load_checked(run / "models" / "model.pt")
     assert not any(k.startswith("module.") for k in state["network"])  # the unwrapped network, loadable anywhere
     assert state["scorer"]["thresholds"]["map_quantile"] is not None
 
@@ -221,7 +222,7 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
                  "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0", "--batch_size", "2",
                  *flags, "--max_epochs", "3", "--val_interval", "1")
     model = run / "models" / "model.pt"
-    state = torch.load(model, weights_only=True)
+    state = load_checked(model)
     assert state["preprocessing"]["spatial_size"] == 48 and state["preprocessing"]["preset"] == "mri"
     assert state["scorer"]["rim"] == 0.1 and state["network_config"]["spatial_dims"] == 2
     # model selection: the epoch MONAI reports as best, with the weights MONAI's CheckpointSaver kept for it
@@ -277,3 +278,81 @@ def test_calibration_split_holds_out_training_normals_only_when_valid_has_few():
     assert len(kept) == 50 and len(calibration) == 10
     held = lambda seed: [d["image"] for d in calibration_split(train, valid, size=30, seed=seed)[1]]  # noqa: E731
     assert held(1) == held(1) and held(1) != held(2)  # a seeded choice
+
+
+def scalars(run, tag):
+    """``{step: value}`` of a TensorBoard scalar over every event file of a run (the latest file wins a step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in sorted(run.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return values
+
+
+def train_args(data, run, epochs):
+    return ["run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32), "--max_epochs", str(epochs),
+            "--val_interval", "2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 6-epoch run (24 steps) that nothing interrupts: the reference for the resumed ones."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    data = make_demo_dataset(tmp / "data", 2, n_train=9, n_valid=4, n_test=2, size=32)
+    bundle(*train_args(data, tmp / "run", 6))
+    return data, tmp / "run"
+
+
+@pytest.mark.parametrize("kill_seed", [0, 1, 2])
+def test_a_run_killed_at_a_random_moment_resumes_to_the_same_model(tmp_path, uninterrupted, kill_seed):
+    import random
+
+    import torch
+
+    data, reference = uninterrupted
+    run = tmp_path / "run"
+    rng = random.Random(kill_seed)
+    after_epoch, delay = rng.randint(1, 4), rng.uniform(0, 0.6)  # wait for that checkpoint, then a moment more
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "monai.bundle", *train_args(data, run, 6)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / f"checkpoint_epoch={after_epoch}.pt.sha256").exists():
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "models" / "model.pt").exists(), "killed too late"
+    out = bundle(*train_args(data, run, 6), "--resume", "true")
+    log = out.stdout + out.stderr
+    resumed_from = int(re.search(r"checkpoint_epoch=(\d+)\.pt", log).group(1))
+    assert resumed_from >= after_epoch  # at most the work since the last checkpoint is lost
+    # the same losses, step by step, as the run nothing interrupted, and the same final weights
+    expected, got = scalars(reference, "loss/total"), scalars(run, "loss/total")
+    assert sorted(got) == sorted(expected) == list(range(1, 25))
+    for step in range(resumed_from * 4 + 1, 25):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+    final = lambda r: torch.load(r / "checkpoints" / "checkpoint_epoch=6.pt", weights_only=True)["network"]  # noqa: E731
+    for key, value in final(reference).items():
+        torch.testing.assert_close(final(run)[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_damaged_checkpoint_is_skipped_on_resume(tmp_path):
+    data = make_demo_dataset(tmp_path / "data", 2, n_train=8, n_valid=2, n_test=2, size=32)
+    run = tmp_path / "run"
+    args = ["run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32), "--val_interval", "100"]
+    bundle(*args, "--max_epochs", "3")
+    ckpt = run / "checkpoints"
+    assert sorted(p.name for p in ckpt.glob("checkpoint_epoch=*")) == [
+        "checkpoint_epoch=2.pt", "checkpoint_epoch=2.pt.sha256", "checkpoint_epoch=3.pt", "checkpoint_epoch=3.pt.sha256"]
+    newest = ckpt / "checkpoint_epoch=3.pt"
+    data_bytes = bytearray(newest.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 0xFF  # one flipped byte, in the middle of the weights
+    newest.write_bytes(bytes(data_bytes))
+    out = bundle(*args, "--max_epochs", "4", "--resume", "true")
+    log = out.stdout + out.stderr
+    assert "checkpoint_epoch=3.pt: damaged (checksum mismatch)" in log
+    assert "checkpoint_epoch=2.pt" in log and "Epoch[3] Complete" in log and "Epoch[1] Complete" not in log

@@ -7,6 +7,7 @@ import torch
 from monai_mtlmad.data import head_phantoms, insert_lesions
 from monai_mtlmad.engines import fit_learner
 from monai_mtlmad.networks import MTLMoENet
+from monai_mtlmad.safe_io import CorruptFileError, load_checked
 from monai_mtlmad.scoring import AnomalyScorer, foreground_mask, render_overlay
 from monai_mtlmad.tasks import DEFAULT_TASKS, create_tasks
 
@@ -138,7 +139,7 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     scorer.training = {"epoch": 7, "selection": "test"}
     path = tmp_path / "model.pt"
     scorer.save(path)
-    state = torch.load(path, weights_only=True)
+    state = load_checked(path)
     assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/1"
     assert state["tasks"][1] == {"name": "jigsaw", "grid": 2}
     assert state["preprocessing"] == {"preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None}
@@ -156,6 +157,41 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     torch.save(state, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="old.pt: an older model file"):
         AnomalyScorer.load(tmp_path / "old.pt")
+
+
+def test_damaged_model_files_are_refused(tmp_path, trained):
+    net, tasks = trained
+    path = tmp_path / "model.pt"
+    AnomalyScorer(net, tasks).fit(torch.from_numpy(head_phantoms(4, (48, 48), seed=32))).save(path)
+    data = path.read_bytes()
+    weight = net.state_dict()["encoder.0.conv.unit0.conv.weight"].flatten()[:4].numpy().tobytes()
+    at = data.find(weight)  # the bytes of one stored weight tensor
+    assert at > 0
+    (tmp_path / "tampered.pt").write_bytes(data[: at + 1] + bytes([data[at + 1] ^ 0xFF]) + data[at + 2 :])
+    with pytest.raises(CorruptFileError, match="tampered.pt: its content does not match its checksum"):
+        AnomalyScorer.load(tmp_path / "tampered.pt")
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="truncated.pt: unreadable or truncated"):
+        AnomalyScorer.load(tmp_path / "truncated.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt: no such file"):
+        AnomalyScorer.load(tmp_path / "missing.pt")
+    AnomalyScorer.load(path)  # the intact file still loads
+
+
+def test_a_killed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch, trained):
+    net, tasks = trained
+    path = tmp_path / "model.pt"
+    scorer = AnomalyScorer(net, tasks).fit(torch.from_numpy(head_phantoms(4, (48, 48), seed=33)))
+    scorer.save(path)
+    before = path.read_bytes()
+
+    def dies(*args, **kwargs):  # the process dies in the middle of writing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("monai_mtlmad.safe_io.os.fsync", dies)
+    with pytest.raises(KeyboardInterrupt):
+        scorer.save(path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]  # no debris either
 
 
 def test_calibration_is_cross_fitted():

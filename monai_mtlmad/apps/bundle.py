@@ -10,9 +10,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from monai_mtlmad.data.bmad import bmad_datalist
 from monai_mtlmad.data.files import is_image_file, is_mask_folder
 from monai_mtlmad.data.folders import folder_datalist
+from monai_mtlmad.safe_io import verify_checksum
 
 __all__ = ["latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector"]
 
@@ -29,13 +32,29 @@ def _same(a, b, dims: int) -> bool:
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The last-epoch checkpoint ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (None if there is none)."""
+    """The last good checkpoint ``checkpoint_epoch=N.pt`` in ``ckpt_dir``: the newest whose ``.sha256`` matches
+    (a damaged checkpoint, or one written just before a kill and never checksummed, is skipped with a warning).
+    In a folder without any checksum (older runs), the newest that opens. None if there is none."""
     found = []
     for p in Path(ckpt_dir).glob("checkpoint_epoch=*.pt"):
         m = re.search(r"epoch=(\d+)", p.name)
         if m:
-            found.append((int(m.group(1)), str(p)))
-    return max(found)[1] if found else None
+            found.append((int(m.group(1)), p))
+    checked = any(Path(ckpt_dir).glob("*.pt.sha256"))
+    for _, path in sorted(found, reverse=True):
+        verdict = verify_checksum(path)
+        if verdict:
+            return str(path)
+        if checked:
+            logger.warning(f"{path}: {'damaged (checksum mismatch)' if verdict is False else 'never checksummed'}; "
+                           "skipped, resuming from an earlier checkpoint")
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+            return str(path)
+        except Exception as e:  # an unreadable legacy checkpoint: try the one before
+            logger.warning(f"{path}: cannot be read ({type(e).__name__}); skipped")
+    return None
 
 
 def input_datalist(source: str | Path, split: str = "test") -> list[dict]:

@@ -9,11 +9,13 @@ from monai_mtlmad.engines.multitask_step import (
     multitask_loss,
     multitask_train_step,
 )
+from monai_mtlmad.engines.random_states import RandomStates
 from monai_mtlmad.engines.workflows import AnomalyEvaluator, MultiTaskTrainer, batch_images
 
 __all__ = [
     "AnomalyEvaluator",
     "MultiTaskTrainer",
+    "RandomStates",
     "batch_images",
     "build_task_batch",
     "clip_and_step",

@@ -3,6 +3,7 @@
 """Ignite handlers: anomaly metrics, per-task TensorBoard statistics, model export and report writers."""
 
 from monai_mtlmad.handlers.anomaly_metrics import AnomalyMetricHandler
+from monai_mtlmad.handlers.checksums import ChecksumWriter
 from monai_mtlmad.handlers.writers import (
     AnomalyMapTensorBoardHandler,
     AnomalyMapWriter,
@@ -17,6 +18,7 @@ __all__ = [
     "AnomalyMapWriter",
     "AnomalyMetricHandler",
     "AnomalyReportWriter",
+    "ChecksumWriter",
     "ModelExportHandler",
     "ProgressBarIfInteractive",
     "TaskStatsTensorBoardHandler",

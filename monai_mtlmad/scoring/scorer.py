@@ -37,6 +37,7 @@ from monai.networks.layers import GaussianFilter
 
 from monai_mtlmad.metrics.functional import f1_max
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
+from monai_mtlmad.safe_io import load_checked, save_checked
 from monai_mtlmad.transforms.foreground import foreground_mask
 from monai_mtlmad.tasks.base import ProxyTask, create_tasks
 
@@ -346,14 +347,12 @@ class AnomalyScorer:
 
     def save(self, path: str | Path) -> None:
         """Write the self-describing model file: network arguments and weights, task specs, preprocessing, scorer
-        settings and calibration, package version and training provenance (to a temporary file first, then moved
-        into place, so an interrupted save never leaves a broken file)."""
+        settings and calibration, package version and training provenance; atomically and with its SHA-256
+        (:func:`~monai_mtlmad.safe_io.save_checked`), so an interrupted save never leaves a broken file and a
+        damaged one is refused on load."""
         from monai_mtlmad import __version__
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
+        save_checked(
             {
                 "format": MODEL_FORMAT,
                 "package_version": __version__,
@@ -364,9 +363,8 @@ class AnomalyScorer:
                 "preprocessing": self.preprocessing_config,
                 "training": self.training,
             },
-            tmp,
+            path,
         )
-        tmp.replace(path)
 
     @classmethod
     def load(
@@ -376,12 +374,11 @@ class AnomalyScorer:
         file unless ``net`` and ``tasks`` are given (weights are loaded into ``net`` then).
 
         Raises:
-            ValueError: naming the file, when it is not a monai-mtlmad model file or does not fit ``net``.
+            FileNotFoundError: no such file.
+            ValueError: naming the file, when it is damaged (:class:`~monai_mtlmad.safe_io.CorruptFileError`), not a
+                monai-mtlmad model file, or does not fit ``net``.
         """
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a monai-mtlmad model file ({e}).") from e
+        state = load_checked(path, map_location=map_location)
         if not isinstance(state, dict) or "network" not in state or "scorer" not in state:
             raise ValueError(f"{path}: missing 'network' or 'scorer' entries; not saved by AnomalyScorer.save.")
         if net is None:
