@@ -21,15 +21,16 @@ BUNDLE := $(BIN)/python -W ignore -m monai.bundle run --bundle_root bundle --dat
 # The main job: generate the phantom demo data (BMAD layout), train the bundle, evaluate on the test split,
 # print the metrics beside their trivial baselines, and write a map for every test image in its own pixel grid.
 # Leaves runs/demo/ with metrics.json, scores.csv, overlays/, maps/ (per image: _map.npy, _map.png, _overlay.png),
-# models/model.pt (self-describing: evaluation and inference need nothing else) and TensorBoard logs.
+# models/model.pt (self-describing: evaluation and inference need nothing else) and TensorBoard logs; a rerun
+# moves the earlier results to runs/demo/previous/.
 # About 8 minutes on 2 CPU cores. Valid holds 16 normals; 16 training normals are held out for calibration.
 demo: $(STAMP)
 	$(BIN)/python -c "from monai_mtlmad.data import make_demo_dataset; make_demo_dataset('$(DEMO_DATA)', 2, n_train=80, n_valid=32)"
-	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 20 --val_interval 10
+	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 20 --val_interval 10 --overwrite true
 	$(BUNDLE) --config_file bundle/configs/evaluate.json
 	$(BIN)/python scripts/print_metrics.py $(DEMO_RUN)/metrics.json
 	$(BIN)/python -W ignore -m monai.bundle run --bundle_root bundle --config_file bundle/configs/inference.json \
-		--model_path $(DEMO_RUN)/models/model.pt --dataset_dir $(DEMO_DATA)/test --output_dir $(DEMO_RUN)/maps
+		--model_path $(DEMO_RUN)/models/model.pt --dataset_dir $(DEMO_DATA)/test --output_dir $(DEMO_RUN)/maps --overwrite true
 
 # Each proxy task's held-out figure against its chance level, and the routing of the experts.
 task-check: $(STAMP)

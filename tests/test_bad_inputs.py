@@ -163,7 +163,9 @@ def test_evaluation_refuses_metrics_over_skipped_images_unless_told(tmp_path, mo
     refused = bundle(*args, check=False)
     log = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "3 of 5 images could not be scored" in log
-    assert (run / "metrics.json").read_text() == first  # the earlier report is not overwritten by a partial one
+    assert not (run / "metrics.json").exists()  # no report over a partial set...
+    kept = list((run / "previous").glob("*/metrics.json"))
+    assert len(kept) == 1 and kept[0].read_text() == first  # ...and the earlier one is kept, not overwritten
     rows = {Path(r["file"]).name: r for r in csv.DictReader(open(run / "scores.csv"))}
     assert "mask shape (8, 8) differs" in rows["lesion_0000.png"]["note"]
     assert "only two values" in rows["copied_mask.png"]["note"] and rows["normal_0001.png"]["anomalous"] != "skipped"

@@ -356,3 +356,28 @@ def test_a_damaged_checkpoint_is_skipped_on_resume(tmp_path):
     log = out.stdout + out.stderr
     assert "checkpoint_epoch=3.pt: damaged (checksum mismatch)" in log
     assert "checkpoint_epoch=2.pt" in log and "Epoch[3] Complete" in log and "Epoch[1] Complete" not in log
+
+
+def test_reruns_never_lose_earlier_outputs(tmp_path):
+    data = make_demo_dataset(tmp_path / "data", 2, n_train=6, n_valid=2, n_test=2, size=32)
+    run = tmp_path / "run"
+    args = ["run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32), "--max_epochs", "1"]
+    bundle(*args)
+    model = (run / "models" / "model.pt").read_bytes()
+    events = sorted(p.name for p in run.glob("events.out.tfevents.*"))
+    refused = bundle(*args, check=False)  # the same command again, by mistake
+    assert refused.returncode != 0 and "already holds a training run" in refused.stdout + refused.stderr
+    assert (run / "models" / "model.pt").read_bytes() == model
+    assert sorted(p.name for p in run.glob("events.out.tfevents.*")) == events  # refused before writing anything
+    bundle(*args, "--overwrite", "true")  # start over: the earlier run moves aside, whole
+    kept = list((run / "previous").iterdir())
+    assert len(kept) == 1 and (kept[0] / "models" / "model.pt").read_bytes() == model
+    assert sorted(p.name for p in kept[0].glob("events.out.tfevents.*")) == events
+    assert (run / "models" / "model.pt").exists()
+    # inference into a folder that holds earlier results: refused unless told to replace them
+    infer(data / "test", tmp_path / "maps", run / "models" / "model.pt")
+    first = (tmp_path / "maps" / "scores.csv").read_text()
+    again = infer(data / "test", tmp_path / "maps", run / "models" / "model.pt", check=False)
+    assert again.returncode != 0 and "already holds the results of an earlier run" in again.stdout + again.stderr
+    assert (tmp_path / "maps" / "scores.csv").read_text() == first
+    infer(data / "test", tmp_path / "maps", run / "models" / "model.pt", "--overwrite", "true")

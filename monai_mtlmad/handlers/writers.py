@@ -189,10 +189,11 @@ class AnomalyReportWriter:
     - ``scores.csv``: file, label, score, p-value, anomalous, per-task scores, note (why an input was skipped);
     - ``overlays/``: pictures of the ``num_overlays`` highest- and lowest-scoring cases.
 
+    Results of an earlier evaluation in ``output_dir`` are moved into ``previous/<time>/`` first, never overwritten.
     Metrics over a set with skipped inputs (unreadable or unusable files, see
     :class:`~monai_mtlmad.data.checks.CheckImage`) would describe another set: unless ``allow_skipped``, the writer
-    then writes ``scores.csv`` (skipped inputs with their reasons) but no ``metrics.json`` (an earlier one stays) and
-    raises; with ``allow_skipped`` the metrics cover the others and ``metrics.json`` says how many were skipped.
+    then writes ``scores.csv`` (skipped inputs with their reasons) but no ``metrics.json`` and raises; with
+    ``allow_skipped`` the metrics cover the others and ``metrics.json`` says how many were skipped.
     """
 
     def __init__(self, output_dir: str | Path, num_overlays: int = 3, allow_skipped: bool = False) -> None:
@@ -230,7 +231,10 @@ class AnomalyReportWriter:
             })
 
     def write(self, engine: Engine) -> None:
+        from monai_mtlmad.apps.bundle import keep_previous
+
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        keep_previous(self.output_dir, ["metrics.json", "scores.csv", "overlays"])  # earlier results stay, in previous/
         r = self.rows
         self._write_scores()
         total = len(r) + len(self.skipped)
@@ -339,14 +343,21 @@ class AnomalyMapWriter:
     the reason (and in the log), and the others are scored.
 
     Args:
-        output_dir: where to write.
+        output_dir: where to write. One that already holds a ``scores.csv`` from an earlier run is refused (nothing
+            written before is lost) unless ``overwrite``, which lets this run replace the files in its way.
         preprocessing: the deterministic preprocessing the images went through (inverted for the maps).
         data_root: the folder the inputs were found in (a file: its folder).
+        overwrite: see ``output_dir``.
     """
 
-    def __init__(self, output_dir: str | Path, preprocessing, data_root: str | Path | None = None) -> None:
+    def __init__(
+        self, output_dir: str | Path, preprocessing, data_root: str | Path | None = None, overwrite: bool = False
+    ) -> None:
         from monai.transforms import Invertd
 
+        if (Path(output_dir) / "scores.csv").exists() and not overwrite:
+            raise FileExistsError(f"{output_dir} already holds the results of an earlier run (scores.csv): choose "
+                                  "another --output_dir, or replace them with --overwrite true.")
         self.output_dir, self.data_root = Path(output_dir), data_root
         self.invert = Invertd("map", preprocessing, orig_keys="image", nearest_interp=False)
         self.rows: list[list] = []
