@@ -74,7 +74,8 @@ def input_datalist(source: str | Path, split: str = "test") -> list[dict]:
     except FileNotFoundError:
         items = folder_datalist(src, recursive=True, check=False)
     masks = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_dir() and is_mask_folder(p))
-    logger.info(f"{src}: {len(items)} input(s) to score" + (f"; mask folders left out: {', '.join(masks)}" if masks else ""))
+    left_out = f"; mask folders left out: {', '.join(masks)}" if masks else ""
+    logger.info(f"{src}: {len(items)} input(s) to score{left_out}")
     return [{"image": d["image"]} for d in items]
 
 

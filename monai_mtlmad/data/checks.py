@@ -52,7 +52,8 @@ def dicom_series_problem(folder: str | Path) -> str | None:
     files = [p for p in Path(folder).iterdir() if p.suffix.lower() == ".dcm"]
     names = list(itk.GDCMSeriesFileNames.New(Directory=str(folder)).GetInputFileNames())
     if len(names) < len(files):
-        return f"{len(files) - len(names)} of {len(files)} .dcm files are not slices of its series (unreadable or another series)"
+        extra = len(files) - len(names)
+        return f"{extra} of {len(files)} .dcm files are not slices of its series (unreadable or another series)"
     positions, normal = [], None
     for name in names:
         io = itk.GDCMImageIO.New()
@@ -100,7 +101,8 @@ class CheckImage(Transform):
         value_range: Sequence[float] | None = None,
         min_size: int = 4,
     ) -> None:
-        self.spatial_dims, self.channels, self.value_range, self.min_size = spatial_dims, channels, value_range, min_size
+        self.spatial_dims, self.channels = spatial_dims, channels
+        self.value_range, self.min_size = value_range, min_size
 
     def problem(self, img: NdarrayOrTensor) -> str | None:
         """What is wrong with ``img`` ``(C, *spatial)``, or None."""

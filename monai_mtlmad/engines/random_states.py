@@ -27,7 +27,7 @@ def _numpy_states(obj, seen: set[int] | None = None) -> Iterator[np.random.Rando
     if isinstance(obj, (list, tuple)):
         for item in obj:
             yield from _numpy_states(item, seen)
-    elif hasattr(obj, "__dict__") and (isinstance(obj, Randomizable) or type(obj).__module__.startswith(("monai", "monai_mtlmad"))):
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("monai"):  # MONAI's and ours
         for value in vars(obj).values():
             if isinstance(value, (list, tuple)) or hasattr(value, "__dict__"):
                 yield from _numpy_states(value, seen)
