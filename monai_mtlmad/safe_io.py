@@ -1,6 +1,7 @@
 # Copyright (c) monai-mtlmad contributors
 # Licensed under the Apache License, Version 2.0
-"""Files that survive kills and betray damage: atomic writes, SHA-256 checksums, ``weights_only`` loading.
+"""Files that survive kills and betray damage: atomic writes, SHA-256 checksums, ``weights_only`` loading; and
+earlier results moved aside rather than overwritten (:func:`keep_previous`).
 
 - Model files are written by :func:`save_checked`: the torch payload and its SHA-256 in one file, written to a
   temporary file, synced and moved into place, so an interrupted save leaves the previous file intact and a
@@ -14,14 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+from collections.abc import Sequence
+from datetime import datetime
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CorruptFileError", "save_checked", "load_checked", "write_checksum", "verify_checksum", "sha256"]
+__all__ = [
+    "CorruptFileError", "save_checked", "load_checked", "write_checksum", "verify_checksum", "sha256", "keep_previous",
+]
 
 CHECKED_FORMAT = "monai-mtlmad-checked/1"
 
@@ -105,5 +111,24 @@ def verify_checksum(path: str | Path) -> bool | None:
     path, side = Path(path), _sidecar(Path(path))
     if not side.is_file():
         return None
-    expected = side.read_text().split()[0] if side.read_text().strip() else ""
-    return path.is_file() and sha256(path) == expected
+    words = side.read_text().split()
+    return bool(words) and path.is_file() and sha256(path) == words[0]
+
+
+def keep_previous(output_dir: str | Path, names: Sequence[str]) -> Path | None:
+    """Move the ``names`` (files or folders) that exist in ``output_dir`` into ``output_dir/previous/<time>/``, so
+    that a new run writes beside them instead of over them. Returns that folder, or None when nothing was there."""
+    output_dir = Path(output_dir)
+    present = [output_dir / n for n in names if (output_dir / n).exists()]
+    if not present:
+        return None
+    stamp = datetime.fromtimestamp(max(p.stat().st_mtime for p in present)).strftime("%Y%m%d-%H%M%S")
+    target = output_dir / "previous" / stamp
+    suffix = 1
+    while target.exists():
+        target, suffix = output_dir / "previous" / f"{stamp}-{suffix}", suffix + 1
+    target.mkdir(parents=True)
+    for p in present:
+        p.rename(target / p.name)
+    logging.getLogger(__name__).info(f"earlier results kept in {target}: {', '.join(p.name for p in present)}")
+    return target

@@ -15,11 +15,10 @@ import torch
 from monai_mtlmad.data.bmad import bmad_datalist
 from monai_mtlmad.data.files import is_image_file, is_mask_folder
 from monai_mtlmad.data.folders import folder_datalist
-from monai_mtlmad.safe_io import verify_checksum
+from monai_mtlmad.safe_io import keep_previous, verify_checksum
 
 __all__ = [
     "latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector", "guard_training_output",
-    "keep_previous",
 ]
 
 logger = logging.getLogger(__name__)
@@ -162,27 +161,6 @@ def load_detector(
             else:
                 config[key] = new
     return scorer
-
-
-def keep_previous(output_dir: str | Path, names: Sequence[str]) -> Path | None:
-    """Move the ``names`` (files or folders) that exist in ``output_dir`` into ``output_dir/previous/<time>/``, so
-    that a new run writes beside them instead of over them. Returns that folder, or None when nothing was there."""
-    output_dir = Path(output_dir)
-    present = [output_dir / n for n in names if (output_dir / n).exists()]
-    if not present:
-        return None
-    from datetime import datetime
-
-    stamp = datetime.fromtimestamp(max(p.stat().st_mtime for p in present)).strftime("%Y%m%d-%H%M%S")
-    target = output_dir / "previous" / stamp
-    suffix = 1
-    while target.exists():
-        target, suffix = output_dir / "previous" / f"{stamp}-{suffix}", suffix + 1
-    target.mkdir(parents=True)
-    for p in present:
-        p.rename(target / p.name)
-    logger.info(f"earlier results kept in {target}: {', '.join(p.name for p in present)}")
-    return target
 
 
 def guard_training_output(output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:

@@ -119,8 +119,8 @@ class CheckImage(Transform):
             return f"has {c} channels; {'grey, grey + alpha, RGB or RGBA' if self.channels == 1 else 'RGB(A)'} expected"
         if min(spatial) < self.min_size:
             return f"is too small ({spatial}; at least {self.min_size} per side)"
-        source = Path(_name(img, ""))
-        if source.is_dir():  # a DICOM series folder
+        source = _name(img, "")
+        if source and Path(source).is_dir():  # a DICOM series folder (Path("") would be the working folder)
             series = dicom_series_problem(source)
             if series is not None:
                 return series

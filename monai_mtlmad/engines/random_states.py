@@ -58,10 +58,11 @@ class RandomStates:
         self.trainer, self.data = trainer, data
 
     def state_dict(self) -> dict:
+        version, internal, gauss = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
             "numpy": _pack(np.random.get_state()),
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "python": [version, list(internal), gauss],
             "transforms": [_pack(r.get_state()) for r in _numpy_states(self.data)],
         }
         if torch.cuda.is_available():

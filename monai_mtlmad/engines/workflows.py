@@ -175,13 +175,18 @@ class AnomalyEvaluator(Evaluator):
                 failed.append((sources[i], describe_failure(e, sources[i])))
         return keep, failed
 
+    @staticmethod
+    def _nothing_scored(engine: AnomalyEvaluator, skipped: list) -> dict:
+        """The output of a batch none of whose inputs could be scored: what was skipped, and why."""
+        engine.state.output = {"skipped": skipped}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
     def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:  # type: ignore[override]
         skipped = list(batchdata.get("skipped", []))  # inputs that failed to load or preprocess
         if self.image_key not in batchdata:  # every input of this batch was skipped
-            engine.state.output = {"skipped": skipped}
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            engine.fire_event(IterationEvents.MODEL_COMPLETED)
-            return engine.state.output
+            return self._nothing_scored(engine, skipped)
         images = batch_images(batchdata, self.image_key, engine.state.device)
         fg = batchdata.get(f"{self.image_key}_foreground")
         fg = None if fg is None else torch.as_tensor(fg).to(images.device)
@@ -199,10 +204,7 @@ class AnomalyEvaluator(Evaluator):
                 self.logger.warning(f"skipped {reason}")
             skipped += failed
             if not keep:
-                engine.state.output = {"skipped": skipped}
-                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-                engine.fire_event(IterationEvents.MODEL_COMPLETED)
-                return engine.state.output
+                return self._nothing_scored(engine, skipped)
             images, inputs = images[keep], [inputs[i] for i in keep]
             fg, mask, label = (None if t is None else t[keep] for t in (fg, mask, label))
             res = self.scorer.score(images, foreground=fg)

@@ -20,6 +20,7 @@ from monai_mtlmad.data.files import is_raster, stem
 from monai_mtlmad.metrics.anomaly import compute_anomaly_metrics
 from monai_mtlmad.metrics.functional import roc_auc
 from monai_mtlmad.scoring.overlay import blend_map, map_to_uint8, render_overlay
+from monai_mtlmad.safe_io import keep_previous
 from monai_mtlmad.scoring.scorer import AnomalyScorer
 
 __all__ = [
@@ -231,8 +232,6 @@ class AnomalyReportWriter:
             })
 
     def write(self, engine: Engine) -> None:
-        from monai_mtlmad.apps.bundle import keep_previous
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         keep_previous(self.output_dir, ["metrics.json", "scores.csv", "overlays"])  # earlier results stay, in previous/
         r = self.rows
