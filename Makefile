@@ -26,7 +26,7 @@ BUNDLE := $(BIN)/python -W ignore -m monai.bundle run --bundle_root bundle --dat
 # About 8 minutes on 2 CPU cores. Valid holds 16 normals; 16 training normals are held out for calibration.
 demo: $(STAMP)
 	$(BIN)/python -c "from monai_mtlmad.data import make_demo_dataset; make_demo_dataset('$(DEMO_DATA)', 2, n_train=80, n_valid=32)"
-	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 20 --val_interval 10 --overwrite true
+	$(BUNDLE) --config_file bundle/configs/train.json --max_epochs 20 --val_interval 10 --rim 0.06 --overwrite true
 	$(BUNDLE) --config_file bundle/configs/evaluate.json
 	$(BIN)/python scripts/print_metrics.py $(DEMO_RUN)/metrics.json
 	$(BIN)/python -W ignore -m monai.bundle run --bundle_root bundle --config_file bundle/configs/inference.json \

@@ -105,7 +105,7 @@ def main() -> None:
         res = scorer.score(images)
         score_s = time.time() - t0
         record(f"MTL-{tag} fused (map q99)", res.score, res.map)
-        record(f"MTL-{tag} fused (task mean)", res.score_task_mean, res.map)
+        record(f"MTL-{tag} fused (task mean)", res.image_scores["task_mean"], res.map)
         if moe:
             for name, s in res.task_scores.items():
                 tmap = res.task_maps.get(name)

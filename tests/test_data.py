@@ -291,3 +291,51 @@ def test_recursive_listing_finds_nested_series_and_leaves_masks_out(tmp_path):
     found = list_images(tmp_path, recursive=True)
     assert found == [str(tmp_path / "a" / "x.png"), str(series), str(tmp_path / "b" / "c" / "x.png")]
     assert stem(series) == "1.2.840.10008.4" and stem("scan.v2.nii.gz") == "scan.v2"
+
+
+@pytest.mark.parametrize("anatomy,dims", [("head", 2), ("chest", 2), ("chest", 3), ("head", 3)])
+def test_harder_generated_sets(tmp_path, anatomy, dims):
+    size = 64 if dims == 2 else 24
+    root = make_demo_dataset(tmp_path / "hard", dims, n_train=8, n_valid=2, n_test=8, size=size, anatomy=anatomy, hard=True)
+    again = make_demo_dataset(tmp_path / "again", dims, n_train=8, n_valid=2, n_test=8, size=size, anatomy=anatomy, hard=True)
+    items = bmad_datalist(root, "test")
+    assert [d["label"] for d in items] == [0] * 4 + [1] * 4
+    assert f"anatomy={anatomy} hard=True" in (root / "README.txt").read_text()
+    for d in items[4:]:
+        assert Path(d["image"]).read_bytes() == Path(d["image"].replace(str(root), str(again))).read_bytes()
+    det, _ = preprocessing("png" if dims == 2 else "mri", size, spatial_dims=dims)
+    for d in items[4:]:
+        out = det(d)
+        assert float(out["mask"].sum()) > 0, d["mask"]  # every lesion survives writing and preprocessing
+    if anatomy == "head" and dims == 2:  # slices at different levels: the amount of tissue varies much more
+        from monai_mtlmad.data import head_phantoms
+
+        def variation(**kwargs):
+            area = head_phantoms(32, (48, 48), seed=1, return_brain=True, **kwargs)[1].reshape(32, -1).mean(1)
+            return area.std() / area.mean()
+
+        assert variation(size_range=(0.55, 1.0), scalp=True) > 2 * variation()
+
+
+@pytest.mark.parametrize("contrast", [1.0, 0.4])
+def test_chest_and_head_lesions_change_only_their_region_by_their_contrast(contrast):
+    from monai_mtlmad.data import (
+        CHEST_LESION_KINDS, HEAD_LESION_KINDS, chest_phantoms, head_phantoms, insert_chest_lesions, insert_lesions,
+    )
+
+    clean, lungs = chest_phantoms(4, (96, 96), seed=5, return_lungs=True)
+    full, masks = insert_chest_lesions(clean, lungs, seed=6)
+    part, masks_part = insert_chest_lesions(clean, lungs, seed=6, contrast_range=(contrast, contrast))
+    np.testing.assert_array_equal(masks, masks_part)  # the contrast does not move or resize the lesion
+    for i, kind in enumerate(CHEST_LESION_KINDS):
+        change = full[i] - clean[i]
+        assert masks[i].any() and np.abs(change[masks[i]]).mean() > 0.05, kind
+        assert np.abs(change[~masks[i]]).max() < 0.1, kind  # (ground glass fades out beyond its half-height mask)
+        if kind != "pleural_mass":
+            assert not (masks[i] & ~lungs[i]).any(), kind
+        np.testing.assert_allclose(part[i] - clean[i], contrast * change, atol=2e-6)
+    heads, brains = head_phantoms(4, (96, 96), seed=7, return_brain=True, size_range=(0.6, 1.0), scalp=True)
+    sick, head_masks = insert_lesions(heads, brains, seed=8, kinds=HEAD_LESION_KINDS, contrast_range=(contrast, contrast))
+    for i, kind in enumerate(HEAD_LESION_KINDS):
+        assert head_masks[i].any() and not (head_masks[i] & ~brains[i]).any(), kind
+        assert np.abs(sick[i] - heads[i])[head_masks[i]].mean() > 0.02 * contrast, kind

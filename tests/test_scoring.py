@@ -93,7 +93,7 @@ def test_fusion_weights_select_tasks(trained):
     res = only.score(normals[:3])
     inside = res.foreground
     torch.testing.assert_close(res.map[inside], res.task_maps["inpainting"][inside])
-    torch.testing.assert_close(res.score_task_mean, res.task_scores["inpainting"])
+    torch.testing.assert_close(res.image_scores["task_mean"], res.task_scores["inpainting"])
     with pytest.raises(ValueError, match="unknown tasks"):
         AnomalyScorer(net, tasks, weights={"nope": 1.0})
     with pytest.raises(RuntimeError, match="not calibrated"):
@@ -141,7 +141,7 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     scorer.save(path)
     state = load_checked(path)
     assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/1"
-    assert state["tasks"][1] == {"name": "jigsaw", "grid": 2}
+    assert state["tasks"][1]["grid"] == 2 and state["tasks"][1]["shifted_grids"] is True  # defaults written out
     assert state["preprocessing"] == {"preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None}
     loaded = AnomalyScorer.load(path)
     assert loaded.net.config == net.config and loaded.net is not net

@@ -1,9 +1,12 @@
 """Each task's error and error map on deterministic views of unmodified images."""
 
+import inspect
+
 import pytest
 import torch
 
 from monai_mtlmad.networks import MTLMoENet
+from monai_mtlmad.scoring import AnomalyScorer
 from monai_mtlmad.tasks import DEFAULT_TASKS, create_tasks
 
 
@@ -41,7 +44,7 @@ def test_task_scores_and_maps(spatial_dims, shape):
 
 
 def test_inpainting_map_covers_every_pixel_and_jigsaw_map_is_in_image_frame():
-    tasks = {t.name: t for t in create_tasks(["inpainting", "jigsaw"], 2)}
+    tasks = {t.name: t for t in create_tasks(["inpainting", {"name": "jigsaw", "shifted_grids": False}], 2)}
     images = torch.rand(1, 1, 48, 48)
     # a perfect inpainter: output = the clean image everywhere except one pixel
     wrong = images.clone()
@@ -64,3 +67,58 @@ def test_inpainting_map_covers_every_pixel_and_jigsaw_map_is_in_image_frame():
     _, jmap = jig.score(predict, images)
     high = jmap[0, 0] > 0.1
     assert high[:16, :16].all() and not high[16:, :].any() and not high[:, 16:].any()  # tile 0, image frame
+
+
+def _jigsaw_predictor(jig, images, wrong):
+    """A jigsaw head that answers each view's target, with uniform logits where ``wrong(view) (B, *spatial)``."""
+
+    def predict(inputs, task):
+        for v in jig.inference_views(images):
+            if torch.equal(v.inputs, inputs):
+                n = jig.out_channels
+                logits = torch.nn.functional.one_hot(v.target.clamp_min(0), n).movedim(-1, 1).float() * 20
+                return torch.where(wrong(v).unsqueeze(1), torch.zeros_like(logits), logits)
+        raise AssertionError("not one of the inference views")
+
+    return predict
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_shifted_jigsaw_maps_return_to_the_image_frame(spatial_dims):
+    """Errors tied to image content (a marked region) land on that region whatever the grid shift."""
+    jig = create_tasks(["jigsaw"], spatial_dims)[0]
+    size = (48, 40) if spatial_dims == 2 else (24, 20, 16)
+    images = torch.rand(1, 1, *size) * 0.5
+    images[(0, 0) + tuple(slice(3, 9) for _ in size)] = 0.9  # the marker
+    _, emap = jig.score(_jigsaw_predictor(jig, images, lambda v: v.inputs[:, 0] > 0.8), images)
+    marker = images[0, 0] > 0.8
+    assert emap[0, 0][marker].min() > 0.5 and emap[0, 0][~marker].max() < 1e-3
+
+
+def test_jigsaw_map_shows_no_tile_grid():
+    """A learner that errs along the tile boundaries of every view (what a real jigsaw head does) leaves no grid
+    in the map when scored over shifted grids: the map (smoothed as the scorer smooths it) along the image's tile
+    boundaries is no higher and varies no more than elsewhere; scored on one fixed grid, the boundaries stand out
+    (the check can fail)."""
+    from monai.networks.layers import GaussianFilter
+
+    images = torch.full((1, 1, 96, 96), 0.5) + 0.05 * torch.rand(1, 1, 96, 96)  # constant texture
+
+    def near_boundary(shape, tile):
+        d = [torch.arange(s) % t for s, t in zip(shape, tile)]
+        d = [torch.minimum(x, t - x) for x, t in zip(d, tile)]
+        return (d[0].view(-1, 1) < 2) | (d[1].view(1, -1) < 2)
+
+    ratios = {}
+    for shifted in (True, False):
+        jig = create_tasks([{"name": "jigsaw", "shifted_grids": shifted}], 2)[0]
+        tile = jig.transform.tile_shape(images.shape[2:])
+        band = near_boundary(images.shape[2:], tile)
+        _, emap = jig.score(_jigsaw_predictor(jig, images, lambda v: band.expand(v.inputs.shape[0], -1, -1)), images)
+        m = GaussianFilter(2, inspect.signature(AnomalyScorer).parameters["sigma"].default)(emap)[0, 0]
+        inner = torch.zeros_like(band)
+        inner[8:-8, 8:-8] = True  # away from the image border, where smoothing pads
+        on, off = m[band & inner], m[~band & inner]
+        ratios[shifted] = (float(on.mean() / off.mean()), float(on.var() / off.var()))
+    assert ratios[True][0] <= 1.1 and ratios[True][1] <= 1.1, ratios
+    assert ratios[False][0] > 3, ratios

@@ -20,6 +20,7 @@ from monai_mtlmad.transforms import (
     maximal_hamming_permutations,
     pose_table,
 )
+from monai_mtlmad.transforms import RandCoarseNoise, RandCoarseNoised
 from monai_mtlmad.transforms import functional as Fn
 
 SHAPES = [(1, 48, 48), (3, 48, 48), (1, 16, 16, 16), (3, 16, 16, 16)]
@@ -48,6 +49,8 @@ RANDOM_TRANSFORMS = [
     lambda: RandJigsaw(grid=3, num_permutations=10),
     lambda: RandOrientation(),
     lambda: RandPseudoAnomaly(prob=1.0),
+    lambda: RandJigsaw(grid=3, num_permutations=10, random_shift=True),
+    lambda: RandCoarseNoise(cell=4),
 ]
 
 
@@ -260,3 +263,33 @@ def test_dictionary_transforms_write_targets_and_share_draws():
 
 def test_lattice_masks_helper_is_exported():
     assert lattice_masks((8, 8), 2, 2).shape == (4, 8, 8)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 48), (2, 24, 20, 16)])
+def test_coarse_noise_is_smooth_and_on_the_foreground_only(shape):
+    x = torch.from_numpy(image(shape)) * (torch.from_numpy(image(shape)) > 0.5)  # tissue on a black surround
+    t = RandCoarseNoise(cell=8, std_range=(0.2, 0.2))
+    t.set_random_state(3)
+    view, noise = t(x)
+    torch.testing.assert_close(view - x, noise)
+    background = x.mean(0) == 0
+    assert float(noise[:, background].abs().max()) == 0.0 and float(noise[:, ~background].std()) > 0.05
+    # low-frequency: neighbours inside the tissue differ far less than the noise's spread (white noise: ~1.13 x std)
+    both = ~background[1:] & ~background[:-1]
+    step = noise.diff(dim=1)[:, both].abs().mean()
+    assert float(step) < 0.35 * float(noise[:, ~background].std())
+    # dictionary version: one draw, the noise written beside the key
+    d = RandCoarseNoised("image", cell=8, std_range=(0.2, 0.2))
+    d.set_random_state(3)
+    out = d({"image": x})
+    torch.testing.assert_close(out["image"], view)
+    torch.testing.assert_close(out["image_noise"], noise)
+
+
+def test_roll_batch_rolls_each_sample_by_its_own_shift():
+    x = torch.randn(3, 2, 10, 12)
+    shifts = torch.tensor([[1, -2], [0, 5], [13, 3]])
+    rolled = Fn.roll_batch(x, shifts)
+    for b in range(3):
+        torch.testing.assert_close(rolled[b], torch.roll(x[b], tuple(shifts[b].tolist()), (1, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(Fn.roll_batch(rolled, -shifts), x, rtol=0, atol=0)

@@ -116,12 +116,14 @@ def load_detector(
     preset: str | None = None,
     rim: float | None = None,
     spacing: float | Sequence[float] | None = None,
+    image_score: str | None = None,
 ):
     """The :class:`~monai_mtlmad.scoring.AnomalyScorer` of a model file, everything rebuilt from the file.
 
     Arguments left None come from the file. ``spatial_dims`` or ``in_channels`` that differ from the file's are
     refused; ``image_size``, ``preset``, ``rim`` or ``spacing`` that differ are applied with a warning, since the
-    calibration (threshold, p-values) no longer holds for images preprocessed differently.
+    calibration (threshold, p-values) no longer holds for images preprocessed differently. ``image_score`` picks
+    another of the calibrated image scores to decide (each has its own threshold and p-values in the file).
 
     Raises:
         ValueError: naming the file and the contradicting setting.
@@ -137,6 +139,11 @@ def load_detector(
         if given is not None and int(given) != stored:
             raise ValueError(f"{model_path}: the model was trained with {key}={stored}, not {given}; leave {key} out "
                              "(the model file sets it) or train another model.")
+    if image_score is not None:
+        if image_score not in scorer.thresholds:
+            raise ValueError(f"{model_path}: image_score {image_score!r} is not calibrated in this model file; it holds "
+                             f"{sorted(scorer.thresholds)}.")
+        scorer.image_score = image_score
     config = scorer.preprocessing_config
     if config is None:
         raise ValueError(f"{model_path}: the model file holds no preprocessing settings; export it with this version.")

@@ -25,6 +25,7 @@ from monai_mtlmad.data.phantom import (
     insert_lesions,
 )
 from monai_mtlmad.data.preprocessing import (
+    PRESET_RIM,
     PRESETS,
     AsGrayscale,
     AsGrayscaled,
@@ -33,6 +34,7 @@ from monai_mtlmad.data.preprocessing import (
     LoadMaskd,
     ScaleIntensityInForeground,
     ScaleIntensityInForegroundd,
+    default_rim,
     preprocessing,
 )
 
@@ -45,6 +47,6 @@ __all__ = [
     "CheckedCacheDataset", "SkippingDataset", "make_dataset", "make_loader", "raise_on_failures", "skipping_collate",
     "LESION_KINDS", "HEAD_LESION_KINDS", "CHEST_LESION_KINDS", "head_phantoms", "insert_lesions", "chest_phantoms",
     "insert_chest_lesions",
-    "PRESETS", "AsGrayscale", "AsGrayscaled", "DropAlpha", "DropAlphad", "LoadMaskd", "ScaleIntensityInForeground",
+    "PRESETS", "PRESET_RIM", "default_rim", "AsGrayscale", "AsGrayscaled", "DropAlpha", "DropAlphad", "LoadMaskd", "ScaleIntensityInForeground",
     "ScaleIntensityInForegroundd", "preprocessing",
 ]

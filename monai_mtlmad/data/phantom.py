@@ -112,6 +112,18 @@ def _contrast(n: int, contrast_range: tuple[float, float], seed: int) -> torch.T
     return lo + (hi - lo) * torch.rand(n, generator=torch.Generator().manual_seed(seed + 104729))
 
 
+def _erode(mask: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``mask (N, 1, *spatial)`` eroded by a cube of ``fraction`` of the smallest side (odd, at least 3 wide)."""
+    width = max(3, int(round(fraction * min(mask.shape[2:]))) // 2 * 2 + 1)
+    pool = torch.nn.functional.max_pool2d if mask.ndim == 4 else torch.nn.functional.max_pool3d
+    return -pool(-mask, width, 1, width // 2)
+
+
+def _min_axes(spatial) -> torch.Tensor:
+    """Lesion semi-axes of at least 1.5 pixels/voxels (normalised units), so small volumes still hold every lesion."""
+    return torch.tensor([3.0 / max(s - 1, 1) for s in spatial]).view(1, -1, *([1] * len(spatial)))
+
+
 def insert_lesions(
     images: np.ndarray,
     brains: np.ndarray,
@@ -146,17 +158,17 @@ def insert_lesions(
     x = torch.from_numpy(images).float()
     brain = torch.from_numpy(brains).float()
     n, dims, spatial = x.shape[0], x.ndim - 2, x.shape[2:]
-    inner = -torch.nn.functional.max_pool2d(-brain, 9, 1, 4) if dims == 2 else -torch.nn.functional.max_pool3d(
-        -brain, 9, 1, 4
-    )  # brain eroded, so lesions stay inside
+    inner = _erode(brain, 9 / 128)  # brain eroded, so lesions stay inside
     centres = sample_foreground_centres(inner[:, 0] > 0.5, g)
     grid = normalised_grid(spatial, "cpu").unsqueeze(0)
     out, masks = x.clone(), torch.zeros_like(x, dtype=torch.bool)
+    floor = _min_axes(spatial)
     for i in range(n):  # each lesion kind is its own recipe; a loop over a handful of test images
         kind = kinds[i % len(kinds)]
         c = centres[i].view(1, dims, *([1] * dims))
         size = {"tumour": 0.22, "infarct": 0.26, "bleed": 0.08, "edema": 0.3}[kind] * (0.8 + 0.4 * float(torch.rand(1, generator=g)))
         axes = size * (0.75 + 0.5 * torch.rand(1, dims, *([1] * dims), generator=g))
+        axes = torch.maximum(axes, floor)
         r = torch.sqrt((((grid - c) / axes) ** 2).sum(1, keepdim=True))[0]
         img = out[i : i + 1]
         if kind == "tumour":
@@ -284,17 +296,17 @@ def insert_chest_lesions(
     x = torch.from_numpy(images).float()
     lung = torch.from_numpy(lungs).float()
     n, dims, spatial = x.shape[0], x.ndim - 2, x.shape[2:]
-    pool = torch.nn.functional.max_pool2d if dims == 2 else torch.nn.functional.max_pool3d
-    inner = -pool(-lung, 7, 1, 3)  # lung eroded: lesions start inside it
+    inner = _erode(lung, 7 / 128)  # lung eroded: lesions start inside it
     edge = lung - inner  # the lung's border, where pleural masses sit
     grid = normalised_grid(spatial, "cpu").unsqueeze(0)
     out, masks = x.clone(), torch.zeros_like(x, dtype=torch.bool)
+    floor = _min_axes(spatial)
     for i in range(n):  # one recipe per kind, a handful of test images
         kind = kinds[i % len(kinds)]
         where = edge[i, 0] if kind == "pleural_mass" else inner[i, 0]
         c = sample_foreground_centres((where > 0.5).unsqueeze(0), g).view(1, dims, *([1] * dims))
         size = {"nodule": 0.05, "ground_glass": 0.14, "pleural_mass": 0.1, "consolidation": 0.13}[kind]
-        axes = size * (0.75 + 0.5 * torch.rand(1, dims, *([1] * dims), generator=g))
+        axes = torch.maximum(size * (0.75 + 0.5 * torch.rand(1, dims, *([1] * dims), generator=g)), floor)
         bumpy = 0.25 * smooth_noise(1, spatial, 6, g)[0] if kind in ("consolidation", "ground_glass") else 0.0
         r = torch.sqrt((((grid - c) / axes) ** 2).sum(1, keepdim=True))[0] + bumpy
         img = out[i]

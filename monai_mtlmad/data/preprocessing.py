@@ -59,6 +59,8 @@ from monai_mtlmad.transforms.functional import ensure_tuple_dims
 
 __all__ = [
     "PRESETS",
+    "PRESET_RIM",
+    "default_rim",
     "AsGrayscale",
     "AsGrayscaled",
     "DropAlpha",
@@ -71,6 +73,17 @@ __all__ = [
 ]
 
 PRESETS = ("png", "mri", "ct", "rgb")
+# foreground erosion per preset: MRI volumes are often not skull-stripped (skull and scalp form a bright rim that
+# would dominate every map); CT keeps its rim (pleura and chest wall, where tumours sit), and BMAD's 8-bit exports
+# (skull-stripped BraTS, liver CT, chest X-ray, OCT) and histopathology have no such rim
+PRESET_RIM = {"png": 0.0, "mri": 0.06, "ct": 0.0, "rgb": 0.0}
+
+
+def default_rim(preset: str) -> float:
+    """The foreground erosion (fraction of the image side) that suits ``preset`` (see :data:`PRESET_RIM`)."""
+    if preset not in PRESET_RIM:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
+    return PRESET_RIM[preset]
 
 
 class AsGrayscale(Transform):

@@ -212,6 +212,7 @@ class AnomalyEvaluator(Evaluator):
         engine.state.output = {
             Keys.IMAGE: images,
             "score": res.score,
+            "image_scores": res.image_scores,
             "label": label if label is not None else torch.zeros(n, dtype=torch.long, device=images.device),
             "map": res.map,
             "mask": mask if mask is not None else torch.zeros_like(res.map),

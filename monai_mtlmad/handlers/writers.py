@@ -17,8 +17,8 @@ from ignite.engine import Engine, Events
 from PIL import Image
 
 from monai_mtlmad.data.files import is_raster, stem
-from monai_mtlmad.metrics.anomaly import compute_anomaly_metrics
-from monai_mtlmad.metrics.functional import roc_auc
+from monai_mtlmad.metrics.anomaly import compute_anomaly_metrics, pixel_auroc_anomalous
+from monai_mtlmad.metrics.functional import average_precision, roc_auc
 from monai_mtlmad.scoring.overlay import blend_map, map_to_uint8, render_overlay
 from monai_mtlmad.safe_io import keep_previous
 from monai_mtlmad.scoring.scorer import AnomalyScorer
@@ -228,6 +228,7 @@ class AnomalyReportWriter:
                 "mask": o["mask"][i].cpu(),
                 "foreground": o["foreground"][i].cpu(),
                 "task_scores": {k: float(v[i]) for k, v in o["task_scores"].items()},
+                "image_scores": {k: float(v[i]) for k, v in o.get("image_scores", {}).items()},
                 "task_maps": {k: v[i].cpu() for k, v in o["task_maps"].items()},
             })
 
@@ -257,6 +258,17 @@ class AnomalyReportWriter:
         metrics["per_task"] = {
             k: _none_if_nan(roc_auc(torch.tensor([x["task_scores"][k] for x in r]), labels)) for k in r[0]["task_scores"]
         }
+        metrics["image_scores"] = {
+            k: {
+                "auroc": _none_if_nan(roc_auc(v, labels)),
+                "ap": _none_if_nan(average_precision(v, labels)),
+            }
+            for k, v in ((k, torch.tensor([x["image_scores"][k] for x in r])) for k in r[0]["image_scores"])
+        }
+        metrics["per_task_pixel_auroc_anomalous"] = {
+            k: pixel_auroc_anomalous(torch.stack([x["task_maps"][k] for x in r]), masks, labels, stack("foreground"))
+            for k in r[0]["task_maps"]
+        } if has_masks else {}
         metrics["n_images"] = len(r)
         metrics["n_anomalous"] = int(labels.sum())
         metrics["skipped"] = {"count": len(self.skipped), "inputs": [list(s) for s in self.skipped]}

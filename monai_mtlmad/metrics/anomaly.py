@@ -11,7 +11,7 @@ from monai.config import NdarrayOrTensor
 
 from monai_mtlmad.metrics.functional import aupro, average_precision, f1_max, roc_auc
 
-__all__ = ["METRIC_KEYS", "compute_anomaly_metrics"]
+__all__ = ["METRIC_KEYS", "compute_anomaly_metrics", "pixel_auroc_anomalous"]
 
 METRIC_KEYS = (
     "image_auroc",
@@ -23,6 +23,7 @@ METRIC_KEYS = (
     "pixel_auroc_anomalous",
     "baseline_image_auroc_foreground",
     "baseline_pixel_auroc_intensity",
+    "baseline_pixel_auroc_intensity_anomalous",
 )
 
 
@@ -58,7 +59,7 @@ def compute_anomaly_metrics(
         ``pixel_auroc_anomalous`` (pixel AUROC inside the foreground of anomalous images only: immune to normal
         and anomalous images holding different amounts of tissue), ``baseline_image_auroc_foreground`` (the
         trivial score "fraction of foreground"), ``baseline_pixel_auroc_intensity`` (channel-mean intensity as the
-        map). None where the inputs do not allow a figure (no masks, a single class).
+        map) and ``baseline_pixel_auroc_intensity_anomalous`` (the same where ``pixel_auroc_anomalous`` is measured). None where the inputs do not allow a figure (no masks, a single class).
     """
     scores = torch.as_tensor(image_scores).reshape(-1)
     labels = torch.as_tensor(image_labels).reshape(-1)
@@ -93,8 +94,20 @@ def compute_anomaly_metrics(
     out["pixel_aupro"] = _clean(aupro(m.reshape(n, *spatial), gt.reshape(n, *spatial), num_thresholds, fpr_limit))
     anomalous = labels > 0
     inside = fg[anomalous] if fg is not None else torch.ones_like(gt[anomalous])
-    out["pixel_auroc_anomalous"] = _clean(roc_auc(m[anomalous][inside], gt[anomalous][inside]))
+    out["pixel_auroc_anomalous"] = pixel_auroc_anomalous(m, gt, labels, fg)
     if images is not None:
         intensity = torch.as_tensor(images).reshape(n, -1, *gt.shape[1:2]).float().mean(1)
         out["baseline_pixel_auroc_intensity"] = _clean(roc_auc(intensity, gt))
+        out["baseline_pixel_auroc_intensity_anomalous"] = _clean(roc_auc(intensity[anomalous][inside], gt[anomalous][inside]))
     return out
+
+
+def pixel_auroc_anomalous(maps: NdarrayOrTensor, masks: NdarrayOrTensor, labels: NdarrayOrTensor, foreground=None) -> float | None:
+    """Pixel AUROC of ``maps (N, ...)`` inside the foreground of the anomalous images only (see
+    :func:`compute_anomaly_metrics`); None without anomalous pixels."""
+    n = torch.as_tensor(labels).numel()
+    anomalous = torch.as_tensor(labels).reshape(-1) > 0
+    m = torch.as_tensor(maps).reshape(n, -1)[anomalous]
+    gt = torch.as_tensor(masks).reshape(n, -1)[anomalous] > 0
+    inside = torch.as_tensor(foreground).reshape(n, -1)[anomalous] > 0 if foreground is not None else torch.ones_like(gt)
+    return _clean(roc_auc(m[inside], gt[inside]))

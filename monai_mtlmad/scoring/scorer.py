@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.networks.layers import GaussianFilter
 
-from monai_mtlmad.metrics.functional import f1_max
+from monai_mtlmad.metrics.functional import f1_max, roc_auc
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.safe_io import load_checked, save_checked
+from monai_mtlmad.scoring.fusion import OneClassGaussian, auroc_weights, insert_validation_lesions, pixel_auroc
 from monai_mtlmad.transforms.foreground import foreground_mask
 from monai_mtlmad.tasks.base import ProxyTask, create_tasks
 
@@ -56,7 +57,8 @@ class AnomalyScores:
 
     Attributes:
         score: ``(B,)`` the image score in use (``image_score``; higher is more anomalous).
-        score_task_mean: ``(B,)`` the weighted mean of normalised task errors (one of the two image scores).
+        image_scores: ``{name: (B,)}`` every calibrated image score (see ``AnomalyScorer.image_score``), the one in
+            use among them.
         p_value: ``(B,)`` share of calibration normals (scored out of fold) scoring at least as high.
         anomalous: ``(B,)`` bool, ``score >= threshold``.
         task_scores: ``{task: (B,)}`` normalised per-task image errors (in units of the normal scale).
@@ -68,7 +70,7 @@ class AnomalyScores:
     """
 
     score: torch.Tensor
-    score_task_mean: torch.Tensor
+    image_scores: dict[str, torch.Tensor]
     p_value: torch.Tensor
     anomalous: torch.Tensor
     task_scores: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -87,7 +89,15 @@ class AnomalyScorer:
         weights: ``{task: weight}`` for fusion (maps: dense tasks; task-mean score: all tasks); default equal.
         sigma: Gaussian smoothing of the task maps before normalisation, in pixels/voxels (0 disables).
         quantile: the fused-map quantile, over the foreground, that is the image score.
-        image_score: ``"map_quantile"`` (default) or ``"task_mean"``.
+        image_score: which image score decides (all are computed and reported, see :attr:`IMAGE_SCORES`):
+            ``"map_quantile"`` (the fused map's ``quantile`` over the foreground), ``"task_mean"`` (the weighted mean of
+            normalised task errors), ``"one_class"`` (one-sided Mahalanobis distance of the feature vector from the
+            normals') or ``"synthetic"`` (features weighted by their AUROC on synthetic lesions in the calibration
+            normals; needs ``synthetic_lesions``). See :mod:`~monai_mtlmad.scoring.fusion`.
+        map_weights: ``"equal"`` (the user's ``weights`` only) or ``"synthetic"`` (times each dense task's weight from
+            its pixel AUROC on the synthetic lesions, so that a task that does not localise cannot drown one that does).
+        synthetic_lesions: at calibration, also score every normal with a synthetic lesion of a family the learner
+            never trained on (doubles the calibration time); needed by the ``"synthetic"`` options.
         rim: foreground erosion as a fraction of the image side (strip skull and scalp on brain MRI).
         fpr: false-positive rate on calibration normals that sets the default threshold.
         pixel_fpr: share of normal foreground pixels above the pixel threshold (anomaly segmentation, map pictures).
@@ -101,6 +111,8 @@ class AnomalyScorer:
             in training. None: the scorer is only used on tensors.
     """
 
+    IMAGE_SCORES = ("map_quantile", "task_mean", "one_class", "synthetic")
+
     def __init__(
         self,
         net: MTLMoENet,
@@ -109,6 +121,8 @@ class AnomalyScorer:
         sigma: float = 2.0,
         quantile: float = 0.99,
         image_score: str = "map_quantile",
+        map_weights: str = "equal",
+        synthetic_lesions: bool = True,
         rim: float = 0.0,
         fpr: float = 0.05,
         pixel_fpr: float = 0.01,
@@ -118,8 +132,12 @@ class AnomalyScorer:
         batch_size: int = 8,
         preprocessing: Mapping[str, Any] | None = None,
     ) -> None:
-        if image_score not in ("map_quantile", "task_mean"):
-            raise ValueError(f"image_score must be 'map_quantile' or 'task_mean', got {image_score!r}.")
+        if image_score not in self.IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {self.IMAGE_SCORES}, got {image_score!r}.")
+        if map_weights not in ("equal", "synthetic"):
+            raise ValueError(f"map_weights must be 'equal' or 'synthetic', got {map_weights!r}.")
+        if "synthetic" in (image_score, map_weights) and not synthetic_lesions:
+            raise ValueError("the 'synthetic' image score and map weights need synthetic_lesions=True.")
         net = getattr(net, "module", net)  # a DistributedDataParallel-wrapped learner scores as itself
         names = [t.name for t in tasks]
         if names != list(net.task_names):
@@ -131,6 +149,7 @@ class AnomalyScorer:
         self.weights = {n: float((weights or {}).get(n, 1.0)) for n in names}
         self.sigma, self.quantile, self.image_score, self.rim, self.fpr = sigma, quantile, image_score, rim, fpr
         self.pixel_fpr, self.folds = pixel_fpr, folds
+        self.map_weights, self.synthetic_lesions = map_weights, synthetic_lesions
         self.roi_size = tuple(roi_size) if roi_size is not None else None
         self.overlap, self.batch_size = overlap, batch_size
         self.preprocessing_config = _preprocessing_config(preprocessing) if preprocessing is not None else None
@@ -141,6 +160,11 @@ class AnomalyScorer:
         self.pixel_threshold: float | None = None
         self.f1_threshold: float | None = None
         self.calibration: dict[str, int] = {}
+        self.selection: dict[str, Any] = {}  # synthetic-lesion AUROCs: per task (pixels), per feature (images)
+        self.fitted_map_weights: dict[str, float] = {}
+        self.feature_names: list[str] = []
+        self.feature_weights: dict[str, float] = {}
+        self.one_class: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------- raw errors
     def _device(self) -> torch.device:
@@ -161,11 +185,15 @@ class AnomalyScorer:
         return inferer(inputs, run)
 
     @torch.no_grad()
-    def raw(self, images: torch.Tensor, batch: Mapping | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    def raw(
+        self, images: torch.Tensor, batch: Mapping | None = None, foreground: torch.Tensor | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """Unnormalised per-task ``(errors (B,), maps (B, 1, *spatial) or None)`` for ``images (B, C, *spatial)``;
-        maps are smoothed by ``sigma``."""
+        maps are smoothed by ``sigma``. With ``foreground (B, 1, *spatial)``, a dense task's image error is the mean
+        of its (unsmoothed) map over the foreground only, so rims, skull and background never count."""
         self.net.eval()
         images = images.to(self._device())
+        fg = None if foreground is None else foreground.to(images.device).float()
         smooth = GaussianFilter(images.ndim - 2, self.sigma).to(images.device) if self.sigma > 0 else None
         out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for start in range(0, images.shape[0], self.batch_size):
@@ -175,6 +203,9 @@ class AnomalyScorer:
                 extra = {k: v[start : start + self.batch_size] for k, v in batch.items() if torch.is_tensor(v)}
             for task in self.tasks:
                 err, emap = task.score(self._predict, chunk, extra)
+                if emap is not None and fg is not None:
+                    f = fg[start : start + self.batch_size]
+                    err = (emap * f).flatten(1).sum(1) / f.flatten(1).sum(1).clamp_min(1)
                 if emap is not None and smooth is not None:
                     emap = smooth(emap)
                 prev = out.get(task.name)
@@ -198,20 +229,29 @@ class AnomalyScorer:
     def fit(self, normal_images: torch.Tensor | Iterable, max_pixels: int = 2_000_000, seed: int = 0) -> AnomalyScorer:
         """Calibrate on normal images only (images the learner was not trained on).
 
-        Sets the per-task normalisation (from all images), the normal distribution of both image scores and of
-        the fused map's foreground values (cross-fitted: each image scored with statistics of the other folds),
-        the threshold at ``fpr`` and the pixel threshold at ``pixel_fpr``.
+        Sets the per-task normalisation (from all images); with ``synthetic_lesions``, each calibration image is
+        also scored with a synthetic lesion of an unseen family (:func:`~monai_mtlmad.scoring.fusion.
+        insert_validation_lesions`), which gives each task's pixel AUROC and each feature's image AUROC, hence the
+        ``"synthetic"`` map and image weights; the one-class Gaussian over the feature vectors; the normal
+        distribution of every image score and of the fused map's foreground values (cross-fitted: each image scored
+        with statistics of the other folds), the thresholds at ``fpr`` and the pixel threshold at ``pixel_fpr``.
 
         Args:
             normal_images: ``(N, C, *spatial)`` or an iterable of such batches (or of dicts with ``"image"``).
             max_pixels: map values per task kept for the pixel statistics (evenly spread over the images).
-            seed: assignment of images to folds.
+            seed: assignment of images to folds and the synthetic lesions.
         """
-        kept = []
+        g = torch.Generator().manual_seed(seed)
+        kept = []  # per batch: (raw, foreground, (raw of the lesioned copies, lesion masks) or None)
         for images in self._batches(normal_images):
-            fg = foreground_mask(images, self.rim).to(self._device())
-            kept.append((self.raw(images), fg))
-        n = sum(fg.shape[0] for _, fg in kept)
+            fg = foreground_mask(images, self.rim)
+            synthetic = None
+            if self.synthetic_lesions:
+                lesioned, masks = insert_validation_lesions(images.detach().float().cpu(), fg.cpu(), g)
+                synthetic = (self.raw(lesioned, foreground=fg), masks.to(self._device()))
+            fg = fg.to(self._device())
+            kept.append((self.raw(images, foreground=fg), fg, synthetic))
+        n = sum(fg.shape[0] for _, fg, _ in kept)
         if n == 0:
             raise ValueError("fit needs at least one normal image; none was given.")
         if n < MIN_CALIBRATION_IMAGES:
@@ -221,10 +261,9 @@ class AnomalyScorer:
                 stacklevel=2,
             )
         per_image = max(1, max_pixels // n)
-        g = torch.Generator().manual_seed(seed)
-        errors = {t.name: torch.cat([raw[t.name][0].float().cpu() for raw, _ in kept]) for t in self.tasks}
+        errors = {t.name: torch.cat([raw[t.name][0].float().cpu() for raw, _, _ in kept]) for t in self.tasks}
         samples: dict[str, list[torch.Tensor]] = {}  # per task and image, a random subset of its foreground map
-        for raw, fg in kept:
+        for raw, fg, _ in kept:
             for name, (_, emap) in raw.items():
                 if emap is not None:
                     values = (_subset(m[f].float().cpu(), per_image, g) for m, f in zip(emap, fg))
@@ -235,24 +274,76 @@ class AnomalyScorer:
         fold_stats = [
             _calibration_stats(errors, samples, fold_of != k) if folds > 1 else self.stats for k in range(folds)
         ]
-        quant, task_mean, pixels = torch.empty(n), torch.empty(n), []
-        offset = 0
-        for raw, fg in kept:
-            b = fg.shape[0]
-            folds_here = fold_of[offset : offset + b]
-            for k in folds_here.unique().tolist():
-                sel = (folds_here == k).nonzero(as_tuple=True)[0]
-                sub = {name: (err[sel], None if emap is None else emap[sel]) for name, (err, emap) in raw.items()}
-                q, tm, _, fused, _ = self._fuse(sub, fg[sel], fold_stats[k])
-                quant[offset + sel.cpu()], task_mean[offset + sel.cpu()] = q.float().cpu(), tm.float().cpu()
-                if fused is not None:
-                    pixels += [_subset(m[f].float().cpu(), per_image, g) for m, f in zip(fused, fg[sel])]
-            offset += b
-        self.normal_scores = {"map_quantile": torch.sort(quant).values, "task_mean": torch.sort(task_mean).values}
+        # every image normalised out of fold (its lesioned copy with its fold's statistics too)
+        normal, lesioned, offset = [], [], 0
+        for raw, fg, synthetic in kept:
+            fold_here = fold_of[offset : offset + fg.shape[0]]
+            normal.append((*self._normalise_by_fold(raw, fold_here, fold_stats), fg))
+            if synthetic is not None:
+                lesioned.append((*self._normalise_by_fold(synthetic[0], fold_here, fold_stats), fg, synthetic[1]))
+            offset += fg.shape[0]
+        self.selection = {}
+        if lesioned:
+            self.selection["pixel_auroc"] = {
+                name: pixel_auroc(torch.cat([m[name] for _, m, _, _ in lesioned]),
+                                  torch.cat([les for *_, les in lesioned]), torch.cat([f for _, _, f, _ in lesioned]))
+                for name in lesioned[0][1]
+            }
+            self.selection["images"] = n
+        self.fitted_map_weights = self._map_weights()
+        features, pixels = [], []
+        for task_scores, task_maps, fg in normal:
+            feats, fused = self._features(task_scores, task_maps, fg)
+            features.append(feats)
+            if fused is not None:
+                pixels += [_subset(m[f].float().cpu(), per_image, g) for m, f in zip(fused, fg)]
+        features = torch.cat(features)
+        self.feature_names = list(self._feature_names(normal[0][0], normal[0][1]))
+        self.feature_weights = {}
+        if lesioned:
+            synthetic_features = torch.cat([self._features(ts, tm, fg)[0] for ts, tm, fg, _ in lesioned])
+            labels = torch.cat([torch.zeros(n), torch.ones(synthetic_features.shape[0])])
+            aurocs = {
+                name: roc_auc(torch.cat([features[:, i], synthetic_features[:, i]]), labels)
+                for i, name in enumerate(self.feature_names)
+            }
+            self.selection["image_auroc"] = aurocs
+            self.feature_weights = auroc_weights(aurocs)
+        self.one_class = OneClassGaussian().fit(features).state_dict()
+        one_class = torch.empty(n)
+        for k in range(folds):  # the one-class model's own cross-fitting: fitted on the other folds' vectors
+            sel = fold_of == k
+            model = OneClassGaussian().fit(features[~sel]) if folds > 1 else OneClassGaussian.from_state(self.one_class)
+            one_class[sel] = model.score(features[sel])
+        scores = self._image_scores(features, one_class)
+        self.normal_scores = {k: torch.sort(v).values for k, v in scores.items()}
         self.thresholds = {k: float(torch.quantile(v, 1 - self.fpr)) for k, v in self.normal_scores.items()}
         self.pixel_threshold = float(torch.quantile(_sample(torch.cat(pixels)), 1 - self.pixel_fpr)) if pixels else None
         self.calibration = {"images": n, "folds": folds}
         return self
+
+    def _normalise_by_fold(self, raw, fold_here: torch.Tensor, fold_stats) -> tuple[dict, dict]:
+        """Normalised task scores and maps of one batch, each image with the statistics of its own fold."""
+        task_scores, task_maps = {}, {}
+        for k in fold_here.unique().tolist():
+            sel = (fold_here == k).nonzero(as_tuple=True)[0]
+            sub = {name: (err[sel], None if emap is None else emap[sel]) for name, (err, emap) in raw.items()}
+            scores_k, maps_k = self._normalise(sub, fold_stats[k])
+            for name, v in scores_k.items():
+                task_scores.setdefault(name, torch.empty(fold_here.numel(), device=v.device))[sel] = v.float()
+            for name, m in maps_k.items():
+                task_maps.setdefault(name, torch.empty((fold_here.numel(), *m.shape[1:]), device=m.device))[sel] = m.float()
+        return task_scores, task_maps
+
+    def _map_weights(self) -> dict[str, float]:
+        """Map fusion weights of the dense tasks: the user's ``weights``, times the synthetic-lesion weights with
+        ``map_weights="synthetic"``."""
+        dense = [t.name for t in self.tasks if t.kind == "dense"]
+        w = {n: self.weights[n] for n in dense}
+        if self.map_weights == "synthetic" and self.selection.get("pixel_auroc"):
+            chosen = auroc_weights({n: self.selection["pixel_auroc"][n] for n in dense})
+            w = {n: w[n] * chosen[n] for n in dense}
+        return w
 
     @property
     def threshold(self) -> float | None:
@@ -268,41 +359,75 @@ class AnomalyScorer:
         return thr
 
     # ------------------------------------------------------------------------------------------------ fusion
-    def _fuse(self, raw, fg, stats=None):
+    def _normalise(self, raw, stats=None) -> tuple[dict, dict]:
+        """Per-task image errors and maps on the normal scale (units of the normal spread above the normal median)."""
         stats = self.stats if stats is None else stats
         if not stats:
             raise RuntimeError("the scorer is not calibrated: call fit(normal_images) first.")
         task_scores = {n: (err - stats[n]["image_loc"]) / stats[n]["image_scale"] for n, (err, _) in raw.items()}
-        w = self.weights
-        total = sum(w[n] for n in task_scores)
-        task_mean = sum(w[n] * s for n, s in task_scores.items()) / max(total, 1e-12)
         task_maps = {
             n: (emap - stats[n]["pixel_loc"]) / stats[n]["pixel_scale"]
             for n, (_, emap) in raw.items()
             if emap is not None
         }
-        if not task_maps:
-            return task_mean, task_mean, task_scores, None, task_maps
-        dense_total = sum(w[n] for n in task_maps)
-        fused = sum(w[n] * m for n, m in task_maps.items()) / max(dense_total, 1e-12)
-        quant, fused = foreground_quantile(fused, fg, self.quantile)
-        return quant, task_mean, task_scores, fused, task_maps
+        return task_scores, task_maps
+
+    def _feature_names(self, task_scores: Mapping, task_maps: Mapping) -> list[str]:
+        names = list(task_scores) + [f"{n}:map" for n in task_maps]
+        return names + ["fused:map"] if task_maps else names
+
+    def _features(self, task_scores: dict, task_maps: dict, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The feature vectors ``(B, F)`` (task scores, task map quantiles, fused map quantile; see
+        :mod:`~monai_mtlmad.scoring.fusion`) and the fused, foreground-masked map."""
+        columns = [task_scores[n].float().cpu() for n in task_scores]
+        columns += [foreground_quantile(m, fg, self.quantile)[0].float().cpu() for m in task_maps.values()]
+        fused = None
+        if task_maps:
+            w = getattr(self, "fitted_map_weights", None) or {n: self.weights[n] for n in task_maps}
+            total = sum(w[n] for n in task_maps)
+            fused = sum(w[n] * m for n, m in task_maps.items()) / max(total, 1e-12)
+            quant, fused = foreground_quantile(fused, fg, self.quantile)
+            columns.append(quant.float().cpu())
+        return torch.stack(columns, 1), fused
+
+    def _image_scores(self, features: torch.Tensor, one_class: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every image score from the feature vectors ``(B, F)``: ``map_quantile``, ``task_mean``, ``one_class``
+        (when fitted) and ``synthetic`` (when synthetic-lesion weights were fitted)."""
+        names = self.feature_names
+        tasks = [t.name for t in self.tasks]
+        col = {n: features[:, i] for i, n in enumerate(names)}
+        total = sum(self.weights[n] for n in tasks)
+        out = {"task_mean": sum(self.weights[n] * col[n] for n in tasks) / max(total, 1e-12)}
+        out["map_quantile"] = col["fused:map"] if "fused:map" in col else out["task_mean"]
+        if one_class is None and self.one_class:
+            one_class = OneClassGaussian.from_state(self.one_class).score(features)
+        if one_class is not None:
+            out["one_class"] = one_class
+        if self.feature_weights:
+            out["synthetic"] = sum(w * col[n] for n, w in self.feature_weights.items())
+        return out
 
     def score(self, images: torch.Tensor, foreground: torch.Tensor | None = None, batch: Mapping | None = None) -> AnomalyScores:
         """Score ``images (B, C, *spatial)``; ``foreground`` (B, 1, *spatial) overrides the computed mask.
 
         The routing recorded while scoring is reported in the result and kept apart from the network's running
         statistics (a validation run does not wipe a training epoch's routing)."""
-        with self.net.separate_usage():
-            raw = self.raw(images, batch)
-            usage = self.net.expert_usage()
         fg = foreground_mask(images, self.rim) if foreground is None else torch.as_tensor(foreground).bool()
         fg = fg.to(self._device()).reshape(images.shape[0], 1, *images.shape[2:])
-        quant, task_mean, task_scores, fused, task_maps = self._fuse(raw, fg)
-        score = quant if self.image_score == "map_quantile" else task_mean
+        with self.net.separate_usage():
+            raw = self.raw(images, batch, foreground=fg)
+            usage = self.net.expert_usage()
+        task_scores, task_maps = self._normalise(raw)
+        features, fused = self._features(task_scores, task_maps, fg)
+        scores = {k: v.to(fg.device) for k, v in self._image_scores(features).items()}
+        if self.image_score not in scores:
+            raise RuntimeError(
+                f"image_score {self.image_score!r} was not calibrated (fit with synthetic_lesions for 'synthetic')."
+            )
+        score = scores[self.image_score]
         p_value = self.p_values(score)
         thr = self.threshold if self.threshold is not None else float("inf")
-        return AnomalyScores(score, task_mean, p_value, score >= thr, task_scores, fused, task_maps, fg, usage)
+        return AnomalyScores(score, scores, p_value, score >= thr, task_scores, fused, task_maps, fg, usage)
 
     def p_values(self, score: torch.Tensor) -> torch.Tensor:
         """Share of the calibration normals (scored out of fold) whose ``image_score`` is at least ``score``,
@@ -311,7 +436,7 @@ class AnomalyScorer:
         if normal is None:
             return torch.full_like(score, float("nan"))
         normal = normal.to(score.device)
-        return (normal.numel() - torch.searchsorted(normal, score, right=False) + 1) / (normal.numel() + 1)
+        return (normal.numel() - torch.searchsorted(normal, score.contiguous(), right=False) + 1) / (normal.numel() + 1)
 
     # ------------------------------------------------------------------------------------------ preprocessing
     def preprocessing(self, with_mask: bool = False):
@@ -328,10 +453,13 @@ class AnomalyScorer:
 
     # ----------------------------------------------------------------------------------------- persistence
     _SETTINGS = (
-        "weights", "sigma", "quantile", "image_score", "rim", "fpr", "pixel_fpr", "folds", "roi_size", "overlap",
-        "batch_size",
+        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "rim", "fpr", "pixel_fpr",
+        "folds", "roi_size", "overlap", "batch_size",
     )
-    _CALIBRATION = ("stats", "normal_scores", "thresholds", "pixel_threshold", "f1_threshold", "calibration")
+    _CALIBRATION = (
+        "stats", "normal_scores", "thresholds", "pixel_threshold", "f1_threshold", "calibration", "selection",
+        "fitted_map_weights", "feature_names", "feature_weights", "one_class",
+    )
 
     def state_dict(self) -> dict:
         """Settings and calibration (not the network)."""

@@ -7,6 +7,7 @@ plus one entry in the config's task list.
 """
 
 from monai_mtlmad.tasks.base import TASK_REGISTRY, ProxyTask, TaskViews, create_task, create_tasks, register_task
+from monai_mtlmad.tasks.denoising import DenoisingTask
 from monai_mtlmad.tasks.inpainting import InpaintingTask
 from monai_mtlmad.tasks.jigsaw import JigsawTask
 from monai_mtlmad.tasks.orientation import OrientationTask
@@ -23,6 +24,7 @@ __all__ = [
     "create_task",
     "create_tasks",
     "register_task",
+    "DenoisingTask",
     "InpaintingTask",
     "JigsawTask",
     "OrientationTask",

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,8 +132,13 @@ def create_task(name: str, spatial_dims: int = 2, in_channels: int = 1, **kwargs
     """Instantiate a registered task."""
     if name not in TASK_REGISTRY:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASK_REGISTRY)}.")
-    task = TASK_REGISTRY[name](spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
-    task.spec = {"name": name, **kwargs}
+    cls = TASK_REGISTRY[name]
+    task = cls(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    # every option written out, defaults included: a later default change must not alter a stored model's task
+    bound = inspect.signature(cls.__init__).bind_partial(None, **kwargs)
+    bound.apply_defaults()
+    options = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("spatial_dims", "in_channels")}
+    task.spec = {"name": name, **options}
     return task
 
 

@@ -2,11 +2,21 @@
 # Licensed under the Apache License, Version 2.0
 """Proxy-task transforms, usable alone in any MONAI pipeline (they do not import the learner)."""
 
-from monai_mtlmad.transforms.array import PseudoLabel, RandInpaintMask, RandJigsaw, RandOrientation, RandPseudoAnomaly
+from monai_mtlmad.transforms.array import (
+    PseudoLabel,
+    RandCoarseNoise,
+    RandInpaintMask,
+    RandJigsaw,
+    RandOrientation,
+    RandPseudoAnomaly,
+)
 from monai_mtlmad.transforms.dictionary import (
     PseudoLabelD,
     PseudoLabeld,
     PseudoLabelDict,
+    RandCoarseNoiseD,
+    RandCoarseNoised,
+    RandCoarseNoiseDict,
     RandInpaintMaskD,
     RandInpaintMaskd,
     RandInpaintMaskDict,
@@ -35,6 +45,7 @@ __all__ = [
     "RandJigsaw", "RandJigsawd", "RandJigsawD", "RandJigsawDict",
     "RandOrientation", "RandOrientationd", "RandOrientationD", "RandOrientationDict",
     "RandPseudoAnomaly", "RandPseudoAnomalyd", "RandPseudoAnomalyD", "RandPseudoAnomalyDict",
+    "RandCoarseNoise", "RandCoarseNoised", "RandCoarseNoiseD", "RandCoarseNoiseDict",
     "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict", "foreground_mask",
     "lattice_masks", "maximal_hamming_permutations", "pose_table",
 ]

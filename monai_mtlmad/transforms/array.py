@@ -24,7 +24,9 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 
 from monai_mtlmad.transforms import functional as Fn
 
-__all__ = ["RandInpaintMask", "RandJigsaw", "RandOrientation", "RandPseudoAnomaly", "PseudoLabel"]
+__all__ = [
+    "RandInpaintMask", "RandJigsaw", "RandOrientation", "RandPseudoAnomaly", "RandCoarseNoise", "PseudoLabel",
+]
 
 
 class _BatchedRandomizable(RandomizableTransform):
@@ -138,12 +140,17 @@ class RandJigsaw(_BatchedRandomizable):
     position of the tile it lies in (dense), and the permutation id is kept too. Pixels beyond the last full tile
     (when the size is not divisible by the grid) stay in place with target ``ignore_index``.
 
+    With ``random_shift`` the image is first rolled by a random offset of up to one tile per dimension, so the
+    tile grid falls anywhere on the anatomy (a harder task, and the one that scoring over shifted grids asks for:
+    see ``views_for(..., shifts)``, whose maps :meth:`unshuffle` rolls back, so no tile boundary stays in place).
+
     Args:
         grid: tiles per spatial dimension (int or one per dimension); 3 gives 3x3 in 2D, 3x3x3 in 3D.
         num_permutations: size of the permutation set.
         permutation_seed: seed of the permutation set (not of the draws).
         permutation_index: deterministic mode: always use this permutation.
         ignore_index: target value outside the tiled region.
+        random_shift: roll each image by a random offset below one tile before cutting it.
 
     Returns from ``__call__``:
         ``(view, target)``: target ``(1, *spatial)`` int64 original tile positions. The drawn permutation id is in
@@ -157,8 +164,10 @@ class RandJigsaw(_BatchedRandomizable):
         permutation_seed: int = 0,
         permutation_index: int | None = None,
         ignore_index: int = -1,
+        random_shift: bool = False,
     ) -> None:
         super().__init__(prob=1.0)
+        self.random_shift = random_shift
         self.grid = grid
         self.num_permutations = num_permutations
         self.permutation_seed = permutation_seed
@@ -180,20 +189,29 @@ class RandJigsaw(_BatchedRandomizable):
             self._tables[n] = Fn.maximal_hamming_permutations(n, self.num_permutations, self.permutation_seed)
         return self._tables[n].to(device)
 
-    def views_for(self, x: torch.Tensor, perm_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shuffle ``x (B, C, *spatial)`` by the given permutation ids; returns ``(views, targets (B, 1, *sp))``."""
+    def tile_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Tile side per dimension for images of ``spatial_shape``."""
+        return Fn.jigsaw_tile_shape(spatial_shape, self.grid_for(len(spatial_shape)))
+
+    def views_for(
+        self, x: torch.Tensor, perm_ids: torch.Tensor, shifts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shuffle ``x (B, C, *spatial)`` by the given permutation ids, after rolling it by ``shifts`` (long
+        ``(B, D)``) when given; returns ``(views, targets (B, 1, *sp))``."""
         dims = x.ndim - 2
         grid = self.grid_for(dims)
         perms = self.permutations(dims, x.device)[perm_ids.to(x.device)]
-        views = Fn.jigsaw_shuffle(x, perms, grid)
+        views = Fn.jigsaw_shuffle(x if shifts is None else Fn.roll_batch(x, shifts), perms, grid)
         target = Fn.jigsaw_position_target(perms, x.shape[2:], grid, self.ignore_index)
         return views, target.unsqueeze(1)
 
-    def unshuffle(self, maps: torch.Tensor, perm_ids: torch.Tensor) -> torch.Tensor:
-        """Bring per-pixel maps of shuffled views ``(B, C, *spatial)`` back to the image frame."""
+    def unshuffle(self, maps: torch.Tensor, perm_ids: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """Bring per-pixel maps of shuffled views ``(B, C, *spatial)`` back to the image frame (rolled back by
+        ``shifts`` when the views were rolled)."""
         dims = maps.ndim - 2
         perms = self.permutations(dims, maps.device)[perm_ids.to(maps.device)]
-        return Fn.jigsaw_unshuffle(maps, perms, self.grid_for(dims))
+        out = Fn.jigsaw_unshuffle(maps, perms, self.grid_for(dims))
+        return out if shifts is None else Fn.roll_batch(out, -shifts)
 
     def batched(
         self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -204,7 +222,11 @@ class RandJigsaw(_BatchedRandomizable):
             ids = torch.full((b,), self.permutation_index, dtype=torch.long, device=x.device)
         else:
             ids = torch.randint(0, self.num_permutations, (b,), generator=generator, device=x.device)
-        views, target = self.views_for(x, ids)
+        shifts = None
+        if self.random_shift:
+            tile = torch.tensor(self.tile_shape(x.shape[2:]), device=x.device, dtype=torch.float32)
+            shifts = (torch.rand(b, len(tile), generator=generator, device=x.device) * tile).long()
+        views, target = self.views_for(x, ids, shifts)
         return views, target, ids
 
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
@@ -313,11 +335,7 @@ class RandPseudoAnomaly(_BatchedRandomizable):
 
     def foreground(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, *spatial)`` bool: pixels above ``foreground_threshold`` of each image's intensity range."""
-        m = x.mean(1)
-        flat = m.reshape(m.shape[0], -1)
-        lo, hi = flat.min(1).values, flat.max(1).values
-        thr = lo + self.foreground_threshold * (hi - lo)
-        return m > thr.view(-1, *([1] * (m.ndim - 1)))
+        return Fn.intensity_foreground(x, self.foreground_threshold)
 
     def _range(self, r, b, generator, device):
         low = r[1] - self.difficulty * (r[1] - r[0])  # the curriculum narrows toward the visible end
@@ -364,6 +382,54 @@ class RandPseudoAnomaly(_BatchedRandomizable):
         src = None if source is None else self._as_batch(source).to(x)
         view, target = self.batched(x, self._generator(x.device), src)
         return convert_to_dst_type(view[0], img)[0], convert_to_dst_type(target[0], img, dtype=torch.float32)[0]
+
+
+class RandCoarseNoise(_BatchedRandomizable):
+    """Add coarse (low-resolution) Gaussian noise on the foreground; the network must restore the clean image.
+
+    The denoising proxy of Kascenas et al. ("Denoising autoencoders for unsupervised anomaly detection in brain
+    MRI", MIDL 2022): noise drawn on a lattice of one value per ``cell`` pixels and interpolated up is too smooth to
+    be filtered away locally, so the denoiser must learn what normal anatomy looks like; at test time its residual
+    on the unmodified image marks what it takes for noise, i.e. what is not normal. Noise is added where the image
+    is above ``foreground_threshold`` of its range (tissue, not the air around it).
+
+    Args:
+        prob: probability that an image gets noise (the others teach that a clean image is its own restoration).
+        cell: noise lattice period in pixels/voxels (int or one per spatial dimension); default 8 (2D) or 6 (3D).
+        std_range: range of the noise standard deviation (intensity units of [0, 1]-scaled images).
+        foreground_threshold: tissue threshold (share of each image's intensity range).
+
+    Returns from ``__call__``:
+        ``(view, noise)``: the noisy view like the input; the added noise ``(C, *spatial)`` float32.
+    """
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        cell: int | Sequence[int] | None = None,
+        std_range: tuple[float, float] = (0.1, 0.3),
+        foreground_threshold: float = 0.1,
+    ) -> None:
+        super().__init__(prob=prob)
+        self.cell, self.std_range, self.foreground_threshold = cell, std_range, foreground_threshold
+
+    def batched(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, C, *spatial)`` -> ``(views, noise (B, C, *spatial))``."""
+        b, dev = x.shape[0], x.device
+        lo, hi = self.std_range
+        std = lo + (hi - lo) * torch.rand(b, generator=generator, device=dev)
+        std = std * (torch.rand(b, generator=generator, device=dev) < self.prob)
+        cell = self.cell or (8 if x.ndim == 4 else 6)
+        noise = Fn.coarse_noise(x.shape, cell, std, generator, dev).to(x.dtype)
+        noise = noise * Fn.intensity_foreground(x, self.foreground_threshold).unsqueeze(1)
+        return x + noise, noise
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
+        if randomize:
+            self.randomize()
+        x = self._as_batch(img)
+        view, noise = self.batched(x, self._generator(x.device))
+        return convert_to_dst_type(view[0], img)[0], convert_to_dst_type(noise[0], img, dtype=torch.float32)[0]
 
 
 class PseudoLabel(Transform):

@@ -16,7 +16,14 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from monai_mtlmad.transforms import functional as Fn
 from monai_mtlmad.transforms.keywise import KeyWised
-from monai_mtlmad.transforms.array import PseudoLabel, RandInpaintMask, RandJigsaw, RandOrientation, RandPseudoAnomaly
+from monai_mtlmad.transforms.array import (
+    PseudoLabel,
+    RandCoarseNoise,
+    RandInpaintMask,
+    RandJigsaw,
+    RandOrientation,
+    RandPseudoAnomaly,
+)
 
 __all__ = [
     "RandInpaintMaskd",
@@ -31,6 +38,9 @@ __all__ = [
     "RandPseudoAnomalyd",
     "RandPseudoAnomalyD",
     "RandPseudoAnomalyDict",
+    "RandCoarseNoised",
+    "RandCoarseNoiseD",
+    "RandCoarseNoiseDict",
     "PseudoLabeld",
     "PseudoLabelD",
     "PseudoLabelDict",
@@ -160,6 +170,24 @@ class RandPseudoAnomalyd(_RandTaskd):
         return self.transform(d[key], source=source, randomize=False)
 
 
+class RandCoarseNoised(_RandTaskd):
+    """Dictionary-based :class:`~monai_mtlmad.transforms.array.RandCoarseNoise`; writes the added noise to
+    ``{key}_{noise_postfix}`` (the clean image is ``view - noise``)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 1.0,
+        cell: int | Sequence[int] | None = None,
+        std_range: tuple[float, float] = (0.1, 0.3),
+        foreground_threshold: float = 0.1,
+        noise_postfix: str = "noise",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        t = RandCoarseNoise(prob, cell, std_range, foreground_threshold)
+        super().__init__(keys, t, [noise_postfix], allow_missing_keys)
+
+
 class PseudoLabeld(KeyWised):
     """Dictionary-based :class:`~monai_mtlmad.transforms.array.PseudoLabel`; writes ``{key}_{label_postfix}``."""
 
@@ -178,4 +206,5 @@ RandInpaintMaskD = RandInpaintMaskDict = RandInpaintMaskd
 RandJigsawD = RandJigsawDict = RandJigsawd
 RandOrientationD = RandOrientationDict = RandOrientationd
 RandPseudoAnomalyD = RandPseudoAnomalyDict = RandPseudoAnomalyd
+RandCoarseNoiseD = RandCoarseNoiseDict = RandCoarseNoised
 PseudoLabelD = PseudoLabelDict = PseudoLabeld

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ensure_tuple_dims",
+    "roll_batch",
     "lattice_masks",
     "random_patch_masks",
     "maximal_hamming_permutations",
@@ -35,6 +36,8 @@ __all__ = [
     "smooth_noise",
     "warp",
     "sample_foreground_centres",
+    "intensity_foreground",
+    "coarse_noise",
     "irregular_blob_masks",
     "PSEUDO_ANOMALY_KINDS",
     "synthesize_pseudo_anomalies",
@@ -215,6 +218,23 @@ def jigsaw_shuffle(x: torch.Tensor, permutations: torch.Tensor, grid: Sequence[i
     return out
 
 
+def roll_batch(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``torch.roll`` with its own shift per sample: ``out[b, :, i] = x[b, :, (i - shifts[b]) % size]``.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        shifts: long ``(B, D)``, one shift per sample and spatial dimension (negative shifts roll back).
+    """
+    out = x
+    for d in range(x.ndim - 2):
+        size = x.shape[2 + d]
+        index = (torch.arange(size, device=x.device).view(1, size) - shifts[:, d : d + 1].to(x.device)) % size
+        shape = [x.shape[0]] + [1] * (x.ndim - 1)
+        shape[2 + d] = size
+        out = torch.gather(out, 2 + d, index.view(shape).expand_as(out))
+    return out
+
+
 def jigsaw_unshuffle(x: torch.Tensor, permutations: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`jigsaw_shuffle` (also used to bring per-pixel error maps back to the image frame)."""
     return jigsaw_shuffle(x, torch.argsort(permutations, dim=1), grid)
@@ -328,6 +348,38 @@ def normalised_grid(spatial_shape: Sequence[int], device) -> torch.Tensor:
     """Coordinates in [-1, 1] per spatial dimension, ``(D, *spatial)``, in tensor axis order."""
     axes = [torch.linspace(-1, 1, s, device=device) for s in spatial_shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def intensity_foreground(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """``(B, *spatial)`` bool: pixels of ``x (B, C, *spatial)`` (channel mean) above ``threshold`` of each image's
+    intensity range; a cheap, batched tissue mask for building training views."""
+    m = x.mean(1)
+    flat = m.reshape(m.shape[0], -1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    return m > (lo + threshold * (hi - lo)).view(-1, *([1] * (m.ndim - 1)))
+
+
+def coarse_noise(
+    shape: Sequence[int], cell: int | Sequence[int], std: torch.Tensor | float, generator=None, device=None
+) -> torch.Tensor:
+    """Gaussian noise drawn on a coarse lattice (one value per ``cell`` pixels) and interpolated up: low-frequency
+    noise that a denoiser can only remove by knowing what normal anatomy looks like (Kascenas et al., MIDL 2022).
+
+    Args:
+        shape: ``(B, C, *spatial)`` of the output.
+        cell: lattice period in pixels (int or one per spatial dimension).
+        std: standard deviation, a float or ``(B,)``.
+
+    Returns:
+        ``(B, C, *spatial)`` float tensor.
+    """
+    b, c, spatial = shape[0], shape[1], tuple(shape[2:])
+    cells = ensure_tuple_dims(cell, len(spatial), "cell")
+    low_shape = tuple(max(1, -(-s // k)) for s, k in zip(spatial, cells))
+    low = torch.randn((b, c, *low_shape), generator=generator, device=device)
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    noise = F.interpolate(low, size=spatial, mode=mode, align_corners=False)
+    return noise * torch.as_tensor(std, dtype=noise.dtype, device=noise.device).reshape(-1, *([1] * (len(shape) - 1)))
 
 
 def sample_foreground_centres(

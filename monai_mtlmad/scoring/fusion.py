@@ -1,0 +1,123 @@
+# Copyright (c) monai-mtlmad contributors
+# Licensed under the Apache License, Version 2.0
+"""Fusion of the per-task evidence chosen from normal images alone.
+
+An image is described by a vector of features: each task's normalised image error, each dense task's high
+quantile of its normalised map over the foreground, and that quantile of the fused map. Two ways to turn the
+vector into one score without any anomalous image:
+
+- :class:`OneClassGaussian`: a Gaussian fitted to the feature vectors of normal images (Ledoit-Wolf shrinkage
+  covariance, since there are about as many features as a few dozen calibration images can support); the score is
+  the one-sided Mahalanobis distance (only errors *above* the normal mean count: a task solved better than usual
+  is not a sign of disease).
+- weights from synthetic anomalies (:func:`insert_validation_lesions`): lesions of a family the learner never
+  trains on are put into the calibration normals; each feature (and each task map, for the fused map) is weighted
+  by how far its AUROC between those and the untouched normals exceeds chance (:func:`auroc_weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from monai.networks.layers import GaussianFilter
+
+from monai_mtlmad.metrics.functional import roc_auc
+from monai_mtlmad.transforms.functional import irregular_blob_masks, sample_foreground_centres
+
+__all__ = ["insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "auroc_weights", "pixel_auroc"]
+
+
+def insert_validation_lesions(
+    images: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One synthetic lesion per image, from a family that no proxy task generates: a sharply bounded, irregular
+    region whose texture is wiped (replaced by the heavily smoothed image) and whose intensity is shifted by a signed
+    10-30 % of the image range, at 3-12 % of the image side.
+
+    Args:
+        images: ``(B, C, *spatial)``, intensities about [0, 1].
+        foreground: ``(B, 1, *spatial)`` bool; lesions are centred and kept inside it.
+        generator: random source.
+
+    Returns:
+        ``(lesioned images, masks (B, 1, *spatial) bool)``.
+    """
+    b, dims, dev = images.shape[0], images.ndim - 2, images.device
+    fg = foreground.bool().to(dev)
+    centres = sample_foreground_centres(fg[:, 0], generator)
+    radius = 0.06 + 0.18 * torch.rand(b, 1, generator=generator, device=dev)
+    radii = radius * (0.7 + 0.6 * torch.rand(b, dims, generator=generator, device=dev))
+    mask = (irregular_blob_masks(centres, radii, images.shape[2:], 0.4, 0.02, generator) > 0.5) & fg
+    flat = GaussianFilter(dims, 4.0).to(dev)(images.float())
+    sign = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -1.0, 1.0)
+    shift = sign * (0.1 + 0.2 * torch.rand(b, generator=generator, device=dev))
+    lesion = flat + shift.view(-1, *([1] * (dims + 1)))
+    return torch.where(mask, lesion.to(images.dtype), images).clamp(0, 1), mask
+
+
+def ledoit_wolf(x: torch.Tensor) -> torch.Tensor:
+    """Ledoit-Wolf shrinkage covariance of ``x (N, D)`` (towards a scaled identity; Ledoit & Wolf, 2004)."""
+    n, d = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    mu = torch.trace(s) / d
+    target = mu * torch.eye(d, dtype=x.dtype, device=x.device)
+    d2 = ((s - target) ** 2).sum()
+    outer = xc.unsqueeze(2) * xc.unsqueeze(1)  # (N, D, D)
+    b2 = torch.minimum(((outer - s) ** 2).sum((1, 2)).mean() / n, d2)
+    shrink = b2 / d2 if d2 > 0 else torch.ones((), dtype=x.dtype)
+    return shrink * target + (1 - shrink) * s
+
+
+class OneClassGaussian:
+    """A Gaussian over normal feature vectors; :meth:`score` is the one-sided Mahalanobis distance.
+
+    Features are standardised first (so the shrinkage target suits them all), then the covariance is shrunk
+    (:func:`ledoit_wolf`) and a small ridge keeps it invertible.
+    """
+
+    def __init__(self, mean: torch.Tensor | None = None, std: torch.Tensor | None = None, precision: torch.Tensor | None = None):
+        self.mean, self.std, self.precision = mean, std, precision
+
+    def fit(self, features: torch.Tensor) -> OneClassGaussian:
+        """``features (N, D)`` of normal images."""
+        x = features.double()
+        self.mean = x.mean(0)
+        self.std = x.std(0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(self.mean)
+        z = (x - self.mean) / self.std
+        cov = ledoit_wolf(z) + 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
+        self.precision = torch.linalg.inv(cov)
+        return self
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` one-sided Mahalanobis distances of ``features (B, D)``."""
+        z = ((features.double().cpu() - self.mean) / self.std).clamp_min(0)
+        return torch.sqrt(((z @ self.precision) * z).sum(1).clamp_min(0)).float()
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "precision": self.precision}
+
+    @classmethod
+    def from_state(cls, state: Mapping | None) -> OneClassGaussian | None:
+        return None if not state else cls(state["mean"], state["std"], state["precision"])
+
+
+def auroc_weights(aurocs: Mapping[str, float], power: float = 2.0) -> dict[str, float]:
+    """Weights ``max(AUROC - 0.5, 0) ** power``, normalised to sum 1: evidence no better than chance gets none. All
+    at chance (nothing separates the synthetic anomalies): equal weights."""
+    raw = {k: max(float(v) - 0.5, 0.0) ** power if v == v else 0.0 for k, v in aurocs.items()}
+    total = sum(raw.values())
+    if total <= 0:
+        return {k: 1.0 / len(aurocs) for k in aurocs}
+    return {k: v / total for k, v in raw.items()}
+
+
+def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, limit: int = 500_000) -> float:
+    """AUROC of ``maps`` values inside ``foreground``, lesion pixels (``masks``) against the rest; at most ``limit``
+    pixels, evenly strided."""
+    fg = foreground.bool()
+    values, labels = maps[fg].float().cpu(), masks.bool()[fg].cpu()
+    step = max(1, values.numel() // limit)
+    return roc_auc(values[::step], labels[::step])
+

@@ -1,0 +1,152 @@
+"""Image-score fusions, map weights and task lists on the harder generated sets, through the bundle path.
+
+For each harder set (non-skull-stripped heads, chest CT; see ``monai_mtlmad.data.make_demo_dataset(hard=True)``),
+each task-list variant and each seed: train with ``bundle/configs/train.json`` (as a user would), then evaluate the
+exported model with ``bundle/configs/evaluate.json`` twice: as exported (map weights equal) and recalibrated with
+``map_weights="synthetic"`` on the same calibration split. Every metrics.json reports all image scores
+(map quantile, task mean, one-class, synthetic weights), each task's image AUROC and pixel AUROC inside anomalous
+images, and the trivial baselines. Writes ``results.json`` and ``results.md`` (mean +- std over seeds) under --root.
+
+    python scripts/compare_on_hard_sets.py --root runs/hard --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_TASKS = ["inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label"]
+VARIANTS = {"5 tasks": BASE_TASKS, "5 tasks + denoising": BASE_TASKS + ["denoising"]}
+RIM = {"head": 0.06, "chest": 0.0}  # the heads are not skull-stripped; CT keeps its rim
+
+
+def bundle(config: str, *args: str) -> None:
+    cmd = [sys.executable, "-W", "ignore", "-m", "monai.bundle", "run", "--bundle_root", str(ROOT / "bundle"),
+           "--config_file", str(ROOT / "bundle" / "configs" / config), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+
+
+def recalibrate(model: Path, data: Path, out: Path, map_weights: str, seed: int) -> None:
+    """Refit the exported model's scorer with other map weights on the calibration split training used."""
+    from monai.data import DataLoader, Dataset
+
+    from monai_mtlmad.apps.bundle import calibration_split
+    from monai_mtlmad.data import bmad_datalist
+    from monai_mtlmad.scoring import AnomalyScorer
+
+    scorer = AnomalyScorer.load(model)
+    valid = bmad_datalist(data, "valid", check=False)
+    train = bmad_datalist(data, "train", check=False)
+    _, items = calibration_split(train, valid, 100, 0.2, seed)  # as train.json splits (same seed)
+    det, _ = scorer.preprocessing(with_mask=False)
+    loader = DataLoader(Dataset([{"image": d["image"]} for d in items], det), batch_size=8)
+    scorer.map_weights = map_weights
+    scorer.fit(loader)
+    scorer.save(out)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and std over seeds of every figure, per (dataset, variant, map weights)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["variant"], r["map_weights"]), []).append(r["figures"])
+    out = {}
+    for key, figs in groups.items():
+        stats = {}
+        for name in figs[0]:
+            values = [f[name] for f in figs if f.get(name) is not None]
+            if values:
+                stats[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        out[" / ".join(key)] = {"n_seeds": len(figs), **{k: list(v) for k, v in stats.items()}}
+    return out
+
+
+def figures(metrics: dict) -> dict:
+    f = {f"image: {k}": v["auroc"] for k, v in metrics["image_scores"].items()}
+    f.update({f"image task: {k}": v for k, v in metrics["per_task"].items()})
+    f["image: trivial foreground fraction"] = metrics["baseline_image_auroc_foreground"]
+    f["pixel in anomalous: fused"] = metrics["pixel_auroc_anomalous"]
+    f.update({f"pixel in anomalous: {k}": v for k, v in metrics["per_task_pixel_auroc_anomalous"].items()})
+    f["pixel in anomalous: raw intensity"] = metrics["baseline_pixel_auroc_intensity_anomalous"]
+    f["pixel: fused"] = metrics["pixel_auroc"]
+    f["aupro: fused"] = metrics["pixel_aupro"]
+    f["measured fpr"] = metrics["threshold"]["measured_fpr"]
+    return f
+
+
+def table(summary: dict) -> str:
+    rows = sorted({name for s in summary.values() for name in s if name != "n_seeds"})
+    cols = list(summary)
+    lines = ["| figure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name in rows:
+        cells = []
+        for c in cols:
+            v = summary[c].get(name)
+            cells.append(f"{v[0]:.3f} ± {v[1]:.3f}" if v else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="runs/hard")
+    p.add_argument("--datasets", nargs="+", default=["head", "chest"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--n_train", type=int, default=80)
+    p.add_argument("--n_valid", type=int, default=32)
+    p.add_argument("--n_test", type=int, default=48)
+    args = p.parse_args()
+
+    from monai_mtlmad.data import make_demo_dataset
+
+    root = Path(args.root)
+    results_path = root / "results.json"
+    runs = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
+    done = {(r["dataset"], r["variant"], r["seed"], r["map_weights"]) for r in runs}
+    for dataset in args.datasets:
+        data = root / "data" / dataset
+        if not data.exists():
+            make_demo_dataset(data, 2, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, size=args.size,
+                              seed=100, anatomy=dataset, hard=True)
+        for variant in args.variants:
+            for seed in args.seeds:
+                if (dataset, variant, seed, "synthetic") in done:
+                    continue
+                out = root / "runs" / dataset / variant.replace(" ", "_").replace("+", "plus") / f"seed{seed}"
+                start = time.time()
+                tasks = "[" + ",".join(f"'{t}'" for t in VARIANTS[variant]) + "]"
+                bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs",
+                       str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
+                       "--image_size", str(args.size), "--rim", str(RIM[dataset]), "--task_names", tasks,
+                       "--overwrite", "true")
+                trained = time.time() - start
+                model = out / "models" / "model.pt"
+                recalibrate(model, data, out / "models" / "model_synthetic.pt", "synthetic", seed)
+                for weights, path in (("equal", model), ("synthetic", out / "models" / "model_synthetic.pt")):
+                    evaluation = out / f"eval_{weights}"
+                    bundle("evaluate.json", "--dataset_dir", str(data), "--model_path", str(path), "--output_dir",
+                           str(evaluation))
+                    metrics = json.loads((evaluation / "metrics.json").read_text())
+                    runs.append({"dataset": dataset, "variant": variant, "seed": seed, "map_weights": weights,
+                                 "train_seconds": trained, "figures": figures(metrics)})
+                results_path.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+                print(f"{dataset} / {variant} / seed {seed}: {time.time() - start:.0f} s", flush=True)
+    summary = summarise(runs)
+    results_path.write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary}, indent=1))
+    (root / "results.md").write_text(table(summary) + "\n")
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Fusion chosen from normals alone: synthetic-lesion weights, the one-class model, shrinkage covariance."""
+
+import pytest
+import torch
+
+from monai_mtlmad.metrics import pixel_auroc_anomalous, roc_auc
+from monai_mtlmad.networks import MTLMoENet
+from monai_mtlmad.scoring import AnomalyScorer
+from monai_mtlmad.scoring.fusion import OneClassGaussian, auroc_weights, insert_validation_lesions, ledoit_wolf
+from monai_mtlmad.tasks import ProxyTask, register_task
+from monai_mtlmad.transforms.functional import smooth_noise
+
+
+class _FixedMapTask(ProxyTask):
+    """A dense task whose error map is computed from the image alone (no network): lets a test decide which task
+    carries the evidence."""
+
+    kind = "dense"
+    out_channels = 1
+
+    def training_views(self, images, generator=None, batch=None):  # pragma: no cover - never trained here
+        raise NotImplementedError
+
+    def loss(self, output, views):  # pragma: no cover
+        raise NotImplementedError
+
+    def inference_views(self, images, batch=None):  # pragma: no cover
+        raise NotImplementedError
+
+    def error(self, output, views):  # pragma: no cover
+        raise NotImplementedError
+
+    def score(self, predict, images, batch=None):
+        emap = self.map(images)
+        return emap.flatten(1).mean(1), emap
+
+
+@register_task("test_deviation")
+class DeviationTask(_FixedMapTask):
+    """Knows what normal tissue looks like (intensity 0.5): localises any intensity change."""
+
+    def map(self, images):
+        return (images - 0.5).abs() * (images > 0.1)
+
+
+@register_task("test_noise")
+class NoiseTask(_FixedMapTask):
+    """Localises nothing: its map is blobs of noise as large as lesions."""
+
+    def map(self, images):
+        g = torch.Generator().manual_seed(int(images.sum() * 1000) % 2**31)
+        return smooth_noise(images.shape[0], images.shape[2:], 6, g).clamp_min(0) ** 2
+
+
+def discs(n, seed, size=48):
+    """Normal images: a disc of intensity 0.5 with a smooth texture on a black background."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    disc = ((yy**2 + xx**2) < 0.7).float()
+    return (disc * (0.5 + 0.05 * smooth_noise(n, (size, size), 10, g))).clamp(0, 1)
+
+
+def scorer(map_weights, image_score="map_quantile"):
+    from monai_mtlmad.tasks import create_tasks
+
+    tasks = create_tasks(["test_deviation", "test_noise"], 2)
+    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(4, 8), strides=(2, 2))
+    return AnomalyScorer(net, tasks, map_weights=map_weights, image_score=image_score)
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    normal = discs(12, seed=2)
+    sick = discs(12, seed=3)
+    # bright squares: another lesion family than the calibration's synthetic one
+    mask = torch.zeros_like(sick, dtype=torch.bool)
+    for i in range(12):
+        r, c = 12 + (i * 5) % 16, 10 + (i * 7) % 18
+        mask[i, 0, r : r + 8, c : c + 8] = True
+    sick = torch.where(mask, sick + 0.03, sick)  # subtle: a noisy task can drown it
+    return torch.cat([normal, sick]), torch.cat([torch.zeros_like(mask), mask]), torch.tensor([0] * 12 + [1] * 12)
+
+
+def test_synthetic_lesions_choose_the_task_that_localises(test_set):
+    images, masks, labels = test_set
+    normals = discs(30, seed=1)
+    equal, chosen = scorer("equal").fit(normals), scorer("synthetic").fit(normals)
+    auroc = chosen.selection["pixel_auroc"]
+    assert auroc["test_deviation"] > 0.9 and 0.35 < auroc["test_noise"] < 0.65, auroc
+    assert chosen.fitted_map_weights["test_deviation"] > 0.95 and equal.fitted_map_weights == {
+        "test_deviation": 1.0, "test_noise": 1.0
+    }
+    fused = {}
+    for name, s in (("equal", equal), ("synthetic", chosen)):
+        res = s.score(images)
+        fused[name] = pixel_auroc_anomalous(res.map, masks, labels, res.foreground)
+    assert fused["synthetic"] > fused["equal"] + 0.03, fused
+    # the image-level weights follow the same evidence; every calibrated image score separates clearer lesions
+    w = chosen.feature_weights
+    assert w["test_deviation:map"] > 0.3 and w["test_noise"] + w["test_noise:map"] < 0.05, w
+    res = chosen.score(torch.where(masks, images + 0.1, images))
+    assert set(res.image_scores) == set(AnomalyScorer.IMAGE_SCORES)
+    for name in ("synthetic", "one_class", "map_quantile"):
+        assert roc_auc(res.image_scores[name], labels) > 0.9, name
+
+
+def test_every_image_score_has_its_own_threshold_and_can_decide(test_set):
+    images, _, labels = test_set
+    s = scorer("synthetic", image_score="one_class").fit(discs(30, seed=1))
+    assert set(s.thresholds) == set(AnomalyScorer.IMAGE_SCORES)
+    res = s.score(images)
+    torch.testing.assert_close(res.score, res.image_scores["one_class"])
+    assert torch.equal(res.anomalous, res.score >= s.thresholds["one_class"])
+    with pytest.raises(ValueError, match="synthetic_lesions"):
+        scorer("synthetic").__class__(s.net, s.tasks, image_score="synthetic", synthetic_lesions=False)
+
+
+def test_validation_lesions_stay_in_the_foreground_and_change_the_image():
+    images = discs(6, seed=4)
+    fg = images > 0.1
+    lesioned, masks = insert_validation_lesions(images, fg, torch.Generator().manual_seed(0))
+    assert masks.any(dim=(1, 2, 3)).all() and not (masks & ~fg).any()
+    assert torch.equal(lesioned[~masks], images[~masks])
+    shift = (lesioned - images)[masks].abs()
+    assert float(shift.mean()) > 0.05
+
+
+def test_one_class_distance_is_one_sided():
+    g = torch.Generator().manual_seed(0)
+    normal = torch.randn(200, 4, generator=g)
+    model = OneClassGaussian().fit(normal)
+    mean = normal.mean(0)
+    below, above = model.score((mean - 5).unsqueeze(0)), model.score((mean + 5).unsqueeze(0))
+    assert float(below) == 0.0 and float(above) > 5
+    restored = OneClassGaussian.from_state(model.state_dict())
+    torch.testing.assert_close(restored.score(normal[:5]), model.score(normal[:5]))
+
+
+def test_ledoit_wolf_matches_scikit_learn():
+    covariance = pytest.importorskip("sklearn.covariance")
+    x = torch.randn(25, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected, _ = covariance.ledoit_wolf(x.numpy())
+    torch.testing.assert_close(ledoit_wolf(x), torch.from_numpy(expected))
+
+
+def test_auroc_weights_ignore_evidence_at_chance():
+    assert auroc_weights({"a": 0.9, "b": 0.5, "c": 0.3}) == {"a": 1.0, "b": 0.0, "c": 0.0}
+    assert auroc_weights({"a": 0.5, "b": 0.4}) == {"a": 0.5, "b": 0.5}
