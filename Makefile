@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo task-check test test-slow benchmark clean
+.PHONY: demo task-check compare-hard test test-slow benchmark clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ demo: $(STAMP)
 # Each proxy task's held-out figure against its chance level, and the routing of the experts.
 task-check: $(STAMP)
 	$(BIN)/python scripts/check_tasks.py --steps 400 --size 128 --shared --output runs/task_check
+
+# Image scores, map weights and the denoising task on the harder generated sets (heads, chest CT), three seeds,
+# through the bundle; writes runs/hard/results.{json,md}. About 10 minutes per run on 2 CPU cores (12 runs).
+compare-hard: $(STAMP)
+	$(BIN)/python scripts/compare_on_hard_sets.py --root runs/hard --seeds 0 1 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -119,8 +119,10 @@ def main() -> None:
         if not data.exists():
             make_demo_dataset(data, 2, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, size=args.size,
                               seed=100, anatomy=dataset, hard=True)
-        for variant in args.variants:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: a run cut short still covers every dataset and variant
+        for dataset in args.datasets:
+            data = root / "data" / dataset
+            for variant in args.variants:
                 if (dataset, variant, seed, "synthetic") in done:
                     continue
                 out = root / "runs" / dataset / variant.replace(" ", "_").replace("+", "plus") / f"seed{seed}"

@@ -23,6 +23,7 @@ from helpers import CONFIGS, ROOT, bundle, configs, infer
 METRIC_KEYS = [
     "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_dice",
     "pixel_auroc_anomalous", "baseline_image_auroc_foreground", "baseline_pixel_auroc_intensity",
+    "baseline_pixel_auroc_intensity_anomalous",
 ]
 
 
@@ -98,6 +99,14 @@ def test_train_evaluate_infer(tmp_path, dims, size):
         assert key in metrics
     assert metrics["n_images"] == 4 and metrics["pixel_auroc"] is not None
     assert set(metrics["per_task"]) == {"inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label"}
+    # every calibrated image score is reported, the one in use among them; each dense task's localisation too
+    assert set(metrics["image_scores"]) == {"map_quantile", "task_mean", "one_class", "synthetic"}
+    assert metrics["image_scores"]["map_quantile"]["auroc"] == pytest.approx(metrics["image_auroc"])
+    assert set(metrics["per_task_pixel_auroc_anomalous"]) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
+    # the foreground erosion follows the preset: none for the 2D pictures, the skull rim for 3D MRI
+    from monai_mtlmad.scoring import AnomalyScorer
+
+    assert AnomalyScorer.load(run / "models" / "model.pt").rim == (0.0 if dims == 2 else 0.06)
     rows = list(csv.DictReader(open(run / "scores.csv")))
     assert len(rows) == 4 and {r["label"] for r in rows} == {"0", "1"}
     labels = [int(r["label"]) for r in rows]
@@ -263,6 +272,16 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     warned = infer(data / "test", tmp_path / "warned", model, "--image_size", "64")
     assert "calibration no longer holds" in warned.stdout + warned.stderr
     assert np.load(tmp_path / "warned" / "good" / "img" / "normal_0000_map.npy").shape == (64, 64)
+    # another calibrated image score can decide, with its own threshold; one the file does not hold is refused
+    evaluate = ("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
+                "--dataset_dir", str(data), "--model_path", str(model), "--num_workers", "0")
+    bundle(*evaluate, "--output_dir", str(tmp_path / "one_class"), "--image_score", "one_class")
+    chosen = json.loads((tmp_path / "one_class" / "metrics.json").read_text())
+    assert chosen["threshold"]["image_score"] == "one_class"
+    assert chosen["threshold"]["value"] == pytest.approx(state["scorer"]["thresholds"]["one_class"])
+    assert chosen["image_auroc"] == pytest.approx(chosen["image_scores"]["one_class"]["auroc"])
+    refused = bundle(*evaluate, "--output_dir", str(tmp_path / "bogus"), "--image_score", "bogus", check=False)
+    assert refused.returncode != 0 and "'bogus' is not calibrated" in refused.stdout + refused.stderr
 
 
 def test_calibration_split_holds_out_training_normals_only_when_valid_has_few():

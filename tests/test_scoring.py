@@ -140,7 +140,7 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     path = tmp_path / "model.pt"
     scorer.save(path)
     state = load_checked(path)
-    assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/1"
+    assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/2"
     assert state["tasks"][1]["grid"] == 2 and state["tasks"][1]["shifted_grids"] is True  # defaults written out
     assert state["preprocessing"] == {"preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None}
     loaded = AnomalyScorer.load(path)
@@ -157,6 +157,19 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     torch.save(state, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="old.pt: an older model file"):
         AnomalyScorer.load(tmp_path / "old.pt")
+
+
+def test_model_files_of_an_older_format_are_refused(tmp_path, trained):
+    from monai_mtlmad.safe_io import save_checked
+
+    net, tasks = trained
+    path = tmp_path / "model.pt"
+    AnomalyScorer(net, tasks, synthetic_lesions=False).fit(torch.from_numpy(head_phantoms(4, (48, 48), seed=40))).save(path)
+    state = load_checked(path)
+    state["format"] = "monai-mtlmad-model/1"
+    save_checked(state, path)
+    with pytest.raises(ValueError, match=r"model\.pt: a monai-mtlmad-model/1 model file; .* train again"):
+        AnomalyScorer.load(path)
 
 
 def test_damaged_model_files_are_refused(tmp_path, trained):

@@ -122,3 +122,22 @@ def test_jigsaw_map_shows_no_tile_grid():
         ratios[shifted] = (float(on.mean() / off.mean()), float(on.var() / off.var()))
     assert ratios[True][0] <= 1.1 and ratios[True][1] <= 1.1, ratios
     assert ratios[False][0] > 3, ratios
+
+
+def test_denoising_error_is_what_the_restorer_removes():
+    task = create_tasks(["denoising"], 2)[0]
+    images = torch.rand(2, 1, 32, 40) * 0.2 + 0.4
+    err, emap = task.score(lambda x, t: x, images)  # a restorer that leaves normal images as they are
+    assert float(emap.abs().max()) == 0.0 and float(err.max()) == 0.0
+    restored = images.clone()
+    restored[1, 0, 10:14, 20:26] = 0.5  # removes what it takes for noise in one region
+
+    def predict(inputs, t):
+        return restored
+
+    err, emap = task.score(predict, images)
+    changed = (restored - images).abs()[:, :1]
+    torch.testing.assert_close(emap, changed)
+    assert float(err[0]) == 0.0 and float(err[1]) > 0
+    views = task.training_views(images, torch.Generator().manual_seed(0))
+    assert torch.equal(views.target, images) and not torch.equal(views.inputs, images)

@@ -106,10 +106,17 @@ LESION_KINDS = ("tumour", "infarct", "bleed")  # the demo's
 HEAD_LESION_KINDS = LESION_KINDS + ("edema",)
 
 
-def _contrast(n: int, contrast_range: tuple[float, float], seed: int) -> torch.Tensor:
-    """Per-lesion share of the full lesion contrast (drawn apart from placement, so (1, 1) keeps the demo)."""
+def _lesion_inputs(images, organs, seed, kinds, known, contrast_range, erosion):
+    """What both lesion generators start from: images and organ masks as tensors, the organ eroded by ``erosion``
+    of the image side (lesions start inside it), each lesion's share of its full contrast (drawn apart from
+    placement, so (1, 1) keeps the demo) and the placement generator."""
+    unknown = set(kinds) - set(known)
+    if unknown:
+        raise ValueError(f"unknown lesion kinds {sorted(unknown)}; known: {known}.")
     lo, hi = contrast_range
-    return lo + (hi - lo) * torch.rand(n, generator=torch.Generator().manual_seed(seed + 104729))
+    contrast = lo + (hi - lo) * torch.rand(images.shape[0], generator=torch.Generator().manual_seed(seed + 104729))
+    organ = torch.from_numpy(organs).float()
+    return torch.from_numpy(images).float(), organ, _erode(organ, erosion), contrast, torch.Generator().manual_seed(seed)
 
 
 def _erode(mask: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -150,15 +157,8 @@ def insert_lesions(
     Returns:
         ``(images_with_lesions, masks)``, masks bool ``(N, 1, *spatial)`` inside the brain.
     """
-    unknown = set(kinds) - set(HEAD_LESION_KINDS)
-    if unknown:
-        raise ValueError(f"unknown lesion kinds {sorted(unknown)}; known: {HEAD_LESION_KINDS}.")
-    contrast = _contrast(images.shape[0], contrast_range, seed)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(images).float()
-    brain = torch.from_numpy(brains).float()
+    x, brain, inner, contrast, g = _lesion_inputs(images, brains, seed, kinds, HEAD_LESION_KINDS, contrast_range, 9 / 128)
     n, dims, spatial = x.shape[0], x.ndim - 2, x.shape[2:]
-    inner = _erode(brain, 9 / 128)  # brain eroded, so lesions stay inside
     centres = sample_foreground_centres(inner[:, 0] > 0.5, g)
     grid = normalised_grid(spatial, "cpu").unsqueeze(0)
     out, masks = x.clone(), torch.zeros_like(x, dtype=torch.bool)
@@ -288,15 +288,8 @@ def insert_chest_lesions(
     Returns:
         ``(images_with_lesions, masks)``, masks bool ``(N, 1, *spatial)``.
     """
-    unknown = set(kinds) - set(CHEST_LESION_KINDS)
-    if unknown:
-        raise ValueError(f"unknown lesion kinds {sorted(unknown)}; known: {CHEST_LESION_KINDS}.")
-    contrast = _contrast(images.shape[0], contrast_range, seed)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(images).float()
-    lung = torch.from_numpy(lungs).float()
+    x, lung, inner, contrast, g = _lesion_inputs(images, lungs, seed, kinds, CHEST_LESION_KINDS, contrast_range, 7 / 128)
     n, dims, spatial = x.shape[0], x.ndim - 2, x.shape[2:]
-    inner = _erode(lung, 7 / 128)  # lung eroded: lesions start inside it
     edge = lung - inner  # the lung's border, where pleural masses sit
     grid = normalised_grid(spatial, "cpu").unsqueeze(0)
     out, masks = x.clone(), torch.zeros_like(x, dtype=torch.bool)

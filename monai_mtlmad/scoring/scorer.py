@@ -44,7 +44,8 @@ from monai_mtlmad.tasks.base import ProxyTask, create_tasks
 
 __all__ = ["AnomalyScorer", "AnomalyScores", "foreground_quantile", "MODEL_FORMAT", "MIN_CALIBRATION_IMAGES"]
 
-MODEL_FORMAT = "monai-mtlmad-model/1"
+# /2: per-task feature fusion (one-class, synthetic-lesion weights), foreground image errors, shifted jigsaw grids
+MODEL_FORMAT = "monai-mtlmad-model/2"
 MIN_CALIBRATION_IMAGES = 30  # fewer calibration normals give thresholds and p-values too coarse to trust
 _MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 _Z99 = 2.3263  # the 99th percentile of a standard normal: (q99 - median) / this is its standard deviation
@@ -509,6 +510,12 @@ class AnomalyScorer:
         state = load_checked(path, map_location=map_location)
         if not isinstance(state, dict) or "network" not in state or "scorer" not in state:
             raise ValueError(f"{path}: missing 'network' or 'scorer' entries; not saved by AnomalyScorer.save.")
+        if state.get("format", MODEL_FORMAT) != MODEL_FORMAT:
+            raise ValueError(
+                f"{path}: a {state['format']} model file; this version ({MODEL_FORMAT}) scores differently (per-task "
+                "evidence over the foreground, shifted jigsaw grids), so its calibration would not hold: train again with "
+                "this version (or put its weights in a new AnomalyScorer and fit that on calibration normals)."
+            )
         if net is None:
             if "network_config" not in state or "tasks" not in state:
                 raise ValueError(f"{path}: an older model file without its network description; pass net and tasks.")
