@@ -146,7 +146,7 @@ def main() -> None:
                 print(f"{dataset} / {variant} / seed {seed}: {time.time() - start:.0f} s", flush=True)
     summary = summarise(runs)
     results_path.write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary}, indent=1))
-    (root / "results.md").write_text(table(summary) + "\n")
+    (root / "results.md").write_text(table(summary) + "\n", encoding="utf-8")
     print(table(summary))
 
 

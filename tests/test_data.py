@@ -329,7 +329,7 @@ def test_chest_and_head_lesions_change_only_their_region_by_their_contrast(contr
     np.testing.assert_array_equal(masks, masks_part)  # the contrast does not move or resize the lesion
     for i, kind in enumerate(CHEST_LESION_KINDS):
         change = full[i] - clean[i]
-        assert masks[i].any() and np.abs(change[masks[i]]).mean() > 0.05, kind
+        assert masks[i].any() and np.abs(change[masks[i]]).mean() > 0.02, kind  # (a nodule may sit on a vessel)
         assert np.abs(change[~masks[i]]).max() < 0.1, kind  # (ground glass fades out beyond its half-height mask)
         if kind != "pleural_mass":
             assert not (masks[i] & ~lungs[i]).any(), kind

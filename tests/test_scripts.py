@@ -42,5 +42,5 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     for name in ("image: map_quantile", "image: one_class", "image: synthetic", "image task: denoising",
                  "pixel in anomalous: denoising", "image: trivial foreground fraction", "pixel in anomalous: raw intensity"):
         assert name in figures, name
-    table = (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "chest / 5 tasks + denoising / synthetic" in table and "| image: one_class |" in table

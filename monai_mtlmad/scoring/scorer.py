@@ -8,8 +8,9 @@ Calibration on normal images only puts every task on the same robust scale: maps
 task's location (median) and scale (the larger of the MAD and the spread of the upper tail, with a floor relative
 to the task's typical error, so a task solved almost perfectly on the calibration normals cannot swamp the fusion)
 are taken over normal values. Fused maps are the weighted mean of the normalised task maps, restricted to the
-foreground; the image score is a high quantile of the fused map (default) or the weighted mean of normalised task
-errors.
+foreground. Four image scores are calibrated from per-task evidence (:mod:`~monai_mtlmad.scoring.fusion`): a high
+quantile of the fused map (default), the weighted mean of normalised task errors, a one-class Gaussian over the
+per-task feature vector, and feature weights chosen on synthetic lesions put into the calibration normals.
 
 Honest thresholds: the normal score distribution that sets the threshold at a chosen false-positive rate and the
 p-values comes from cross-fitting: each calibration image is scored with normalisation statistics fitted on the
@@ -384,7 +385,7 @@ class AnomalyScorer:
         columns += [foreground_quantile(m, fg, self.quantile)[0].float().cpu() for m in task_maps.values()]
         fused = None
         if task_maps:
-            w = getattr(self, "fitted_map_weights", None) or {n: self.weights[n] for n in task_maps}
+            w = self.fitted_map_weights or {n: self.weights[n] for n in task_maps}
             total = sum(w[n] for n in task_maps)
             fused = sum(w[n] * m for n, m in task_maps.items()) / max(total, 1e-12)
             quant, fused = foreground_quantile(fused, fg, self.quantile)
