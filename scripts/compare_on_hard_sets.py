@@ -2,8 +2,9 @@
 
 For each harder set (non-skull-stripped heads, chest CT; see ``monai_mtlmad.data.make_demo_dataset(hard=True)``),
 each task-list variant and each seed: train with ``bundle/configs/train.json`` (as a user would), then evaluate the
-exported model with ``bundle/configs/evaluate.json`` twice: as exported (map weights equal) and recalibrated with
-``map_weights="synthetic"`` on the same calibration split. Every metrics.json reports all image scores
+exported model with ``bundle/configs/evaluate.json``: in the full mode as exported (map weights equal), in the fast
+mode (the single-pass student the bundle distils, ``--fast_steps``; first task list only) and, in the full mode,
+recalibrated with ``map_weights="synthetic"`` on the same calibration split. Every metrics.json reports all image scores
 (map quantile, task mean, one-class, synthetic weights), each task's image AUROC and pixel AUROC inside anomalous
 images, and the trivial baselines. Writes ``results.json`` and ``results.md`` (mean +- std over seeds) under --root.
 
@@ -43,6 +44,7 @@ def recalibrate(model: Path, data: Path, out: Path, map_weights: str, seed: int)
     from monai_mtlmad.scoring import AnomalyScorer
 
     scorer = AnomalyScorer.load(model)
+    scorer.student = None  # the fast mode was distilled and calibrated for the exported map weights
     valid = bmad_datalist(data, "valid", check=False)
     train = bmad_datalist(data, "train", check=False)
     _, items = calibration_split(train, valid, 100, 0.2, seed)  # as train.json splits (same seed)
@@ -106,6 +108,8 @@ def main() -> None:
     p.add_argument("--n_train", type=int, default=80)
     p.add_argument("--n_valid", type=int, default=32)
     p.add_argument("--n_test", type=int, default=48)
+    p.add_argument("--map_weights", nargs="+", default=["equal", "synthetic"], choices=["equal", "synthetic"])
+    p.add_argument("--fast_steps", type=int, default=1000, help="the fast mode's distillation (0: no fast mode)")
     args = p.parse_args()
 
     from monai_mtlmad.data import make_demo_dataset
@@ -123,7 +127,9 @@ def main() -> None:
         for dataset in args.datasets:
             data = root / "data" / dataset
             for variant in args.variants:
-                if (dataset, variant, seed, "synthetic") in done:
+                fast = args.fast_steps > 0 and variant == args.variants[0]
+                wanted = list(args.map_weights) + (["equal, fast mode"] if fast else [])
+                if all((dataset, variant, seed, w) in done for w in wanted):
                     continue
                 out = root / "runs" / dataset / variant.replace(" ", "_").replace("+", "plus") / f"seed{seed}"
                 start = time.time()
@@ -131,14 +137,16 @@ def main() -> None:
                 bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs",
                        str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
                        "--image_size", str(args.size), "--rim", str(RIM[dataset]), "--task_names", tasks,
-                       "--overwrite", "true")
+                       "--fast_steps", str(args.fast_steps if fast else 0), "--overwrite", "true")
                 trained = time.time() - start
                 model = out / "models" / "model.pt"
-                recalibrate(model, data, out / "models" / "model_synthetic.pt", "synthetic", seed)
-                for weights, path in (("equal", model), ("synthetic", out / "models" / "model_synthetic.pt")):
-                    evaluation = out / f"eval_{weights}"
-                    bundle("evaluate.json", "--dataset_dir", str(data), "--model_path", str(path), "--output_dir",
-                           str(evaluation))
+                if "synthetic" in wanted:
+                    recalibrate(model, data, out / "models" / "model_synthetic.pt", "synthetic", seed)
+                paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": model}
+                for weights in wanted:
+                    evaluation = out / f"eval_{weights.replace(', ', '_').replace(' ', '_')}"
+                    bundle("evaluate.json", "--dataset_dir", str(data), "--model_path", str(paths[weights]),
+                           "--output_dir", str(evaluation), "--fast", str(weights.endswith("fast mode")).lower())
                     metrics = json.loads((evaluation / "metrics.json").read_text())
                     runs.append({"dataset": dataset, "variant": variant, "seed": seed, "map_weights": weights,
                                  "train_seconds": trained, "figures": figures(metrics)})

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Print a run's metrics.json as a table, each figure beside its trivial baseline.
+"""Print metrics.json files as tables, each figure beside its trivial baseline.
 
-    python scripts/print_metrics.py runs/demo/metrics.json
+    python scripts/print_metrics.py runs/demo/metrics.json runs/demo/full_mode/metrics.json
 """
 
 import json
@@ -12,9 +12,16 @@ def fmt(v):
     return "  -  " if v is None else f"{v:.3f}"
 
 
-def main(path: str) -> None:
+def main(*paths: str) -> None:
+    for path in paths:
+        show(path)
+
+
+def show(path: str) -> None:
     m = json.loads(open(path).read())
-    print(f"\n{path}: {m['n_images']} images ({m['n_anomalous']} anomalous)\n")
+    mode = (m.get("threshold") or {}).get("mode", "full")
+    what = "fast mode: the single-pass student" if mode == "fast" else "full mode: every task view"
+    print(f"\n{path}: {m['n_images']} images ({m['n_anomalous']} anomalous), {what}\n")
     print(f"{'figure':34s} {'detector':>9s} {'trivial baseline':>18s}")
     rows = [
         ("image AUROC", m["image_auroc"], m["baseline_image_auroc_foreground"], "(foreground fraction)"),
@@ -27,7 +34,8 @@ def main(path: str) -> None:
     ]
     for name, v, base, what in rows:
         print(f"{name:34s} {fmt(v):>9s} {fmt(base) if base is not None else '':>9s} {what}")
-    print("\nimage AUROC of each task alone: " + ", ".join(f"{k} {fmt(v)}" for k, v in m["per_task"].items()))
+    if m["per_task"]:
+        print("\nimage AUROC of each task alone: " + ", ".join(f"{k} {fmt(v)}" for k, v in m["per_task"].items()))
     print(f"flagged at the calibrated threshold: {m['flagged_fraction']:.2f} of the images")
     t = m.get("threshold")
     if t:
@@ -43,4 +51,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/metrics.json")
+    main(*(sys.argv[1:] or ["runs/demo/metrics.json"]))

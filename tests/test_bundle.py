@@ -27,9 +27,11 @@ METRIC_KEYS = [
 ]
 
 
-def common(data, run, dims, size):
+def common(data, run, dims, size, fast_steps=0):
+    """Training flags of these tests; the fast mode's distillation only where a test checks it."""
     return ["--bundle_root", str(ROOT / "bundle"), "--dataset_dir", str(data), "--output_dir", str(run),
-            "--spatial_dims", str(dims), "--image_size", str(size), "--num_workers", "0", "--batch_size", "2"]
+            "--spatial_dims", str(dims), "--image_size", str(size), "--num_workers", "0", "--batch_size", "2",
+            "--fast_steps", str(fast_steps)]
 
 
 def test_metadata_and_network_verify():
@@ -85,16 +87,17 @@ def test_train_evaluate_infer(tmp_path, dims, size):
 
     data = make_demo_dataset(tmp_path / "data", dims, n_train=6, n_valid=4, n_test=4, size=size)
     run = tmp_path / "run"
-    bundle("run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, dims, size),
+    bundle("run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, dims, size, fast_steps=10),
            "--max_epochs", "2", "--val_interval", "1")
     assert (run / "models" / "model.pt").exists()
     assert (run / "checkpoints" / "checkpoint_epoch=2.pt").exists()
     # routing of every training epoch reaches TensorBoard, also on the epochs that ran a validation
     assert routing_epochs(run) == {1, 2}
-    # evaluation needs only where the data and the run are: the model file says the rest
+    # evaluation needs only where the data and the run are: the model file says the rest (here: the full mode)
     bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
-           "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0")
+           "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0", "--fast", "false")
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["threshold"]["mode"] == "full"
     for key in METRIC_KEYS:
         assert key in metrics
     assert metrics["n_images"] == 4 and metrics["pixel_auroc"] is not None
@@ -123,12 +126,24 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     assert cal["images"] == cal["calibration_valid_normals"] + cal["calibration_train_holdout"] == 2 + 1
     assert cal["train_images"] == 6 - 1 and metrics["model"]["last_epoch"] == 2
     assert len(list((run / "overlays").glob("*.png"))) >= 2
+    # by default evaluation scores as inference does: with the fast mode the model file holds
+    fast_run = tmp_path / "fast"
+    bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
+           "--dataset_dir", str(data), "--output_dir", str(fast_run), "--model_path", str(run / "models" / "model.pt"),
+           "--num_workers", "0")
+    fast = json.loads((fast_run / "metrics.json").read_text())
+    assert fast["threshold"]["mode"] == "fast" and set(fast["image_scores"]) == {"map_quantile"}
+    assert fast["per_task"] == {} and fast["pixel_auroc"] is not None
+    assert set(fast["per_task_pixel_auroc_anomalous"]) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
+    fast_rows = list(csv.DictReader(open(fast_run / "scores.csv")))
+    assert all((float(r["score"]) >= fast["threshold"]["value"]) == (r["anomalous"] == "yes") for r in fast_rows)
+    assert fast["threshold"]["value"] != pytest.approx(metrics["threshold"]["value"])  # its own calibration
     out = tmp_path / "inference"
     src = data / "test" / "Ungood" / "img"
     infer(src, out, run / "models" / "model.pt")
     scores = list(csv.DictReader(open(out / "scores.csv")))
     assert len(scores) == 2 and all(r["anomalous"] in ("yes", "no") for r in scores)
-    by_file = {r["file"]: r for r in rows}
+    by_file = {r["file"]: r for r in fast_rows}
     for r in scores:  # inference and evaluation score each image alike
         assert float(r["score"]) == pytest.approx(float(by_file[r["file"]]["score"]), abs=1e-4)
         stem = Path(r["file"]).name.split(".")[0]

@@ -296,3 +296,14 @@ def test_pixel_exact_map_pictures():
     assert (out[0, :2] == out[0, :2, :1]).all()  # at or below 0: the picture in plain grey
     np.testing.assert_array_equal(out[0, :2, 0], [0, 64])  # its grey levels rescaled to 0..255
     assert out[0, 3, 0] > out[0, 3, 1] + 60  # at twice the threshold: strongly coloured (red end of jet)
+
+
+def test_upper_quantile_is_torch_quantile():
+    """The partial-selection quantile the fusion uses equals torch.quantile (linear interpolation) at every size."""
+    from monai_mtlmad.scoring.scorer import upper_quantile
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 10, 1000, 65537):
+        v = torch.randn(n, generator=g)
+        for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+            torch.testing.assert_close(upper_quantile(v, q), torch.quantile(v, q), rtol=0, atol=1e-6)

@@ -9,6 +9,7 @@ import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,9 +20,29 @@ from monai_mtlmad.safe_io import keep_previous, verify_checksum
 
 __all__ = [
     "latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector", "guard_training_output",
+    "as_flag",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def as_flag(value: Any, name: str = "flag") -> bool | None:
+    """A command-line switch as a bool: ``python -m monai.bundle run --resume false`` passes the *string* "false"
+    (Python Fire turns only ``False`` into a bool), which plain truth testing would take for True.
+
+    Raises:
+        ValueError: naming the switch, for anything but a bool, None, 0/1 or true/false/yes/no/on/off.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:
+        return _FLAGS[value.strip().lower()]
+    raise ValueError(f"--{name} takes true or false, got {value!r}.")
+
+
+_FLAGS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
 
 def _same(a, b, dims: int) -> bool:
@@ -117,6 +138,7 @@ def load_detector(
     rim: float | None = None,
     spacing: float | Sequence[float] | None = None,
     image_score: str | None = None,
+    fast: bool | None = None,
 ):
     """The :class:`~monai_mtlmad.scoring.AnomalyScorer` of a model file, everything rebuilt from the file.
 
@@ -124,6 +146,8 @@ def load_detector(
     refused; ``image_size``, ``preset``, ``rim`` or ``spacing`` that differ are applied with a warning, since the
     calibration (threshold, p-values) no longer holds for images preprocessed differently. ``image_score`` picks
     another of the calibrated image scores to decide (each has its own threshold and p-values in the file).
+    ``fast``: score with the distilled single-pass student (True), with every task view (False), or (None) with the
+    student whenever the file holds one and the image score is ``map_quantile``.
 
     Raises:
         ValueError: naming the file and the contradicting setting.
@@ -144,6 +168,15 @@ def load_detector(
             raise ValueError(f"{model_path}: image_score {image_score!r} is not calibrated in this model file; it holds "
                              f"{sorted(scorer.thresholds)}.")
         scorer.image_score = image_score
+    fast = as_flag(fast, "fast")
+    if fast is None:
+        fast = scorer.student is not None and scorer.image_score == "map_quantile"
+    try:
+        scorer.use_fast(bool(fast))
+    except ValueError as e:
+        raise ValueError(f"{model_path}: {e}") from e
+    logger.info(f"{model_path}: scoring in {scorer.mode} mode" + (
+        "" if scorer.student is None else f" (the file holds a fast mode; fast={not scorer.fast} switches)"))
     config = scorer.preprocessing_config
     if config is None:
         raise ValueError(f"{model_path}: the model file holds no preprocessing settings; export it with this version.")
@@ -176,6 +209,7 @@ def guard_training_output(output_dir: str | Path, resume: bool = False, overwrit
     otherwise training refuses to start, so nothing written before is lost."""
     import torch.distributed as dist
 
+    resume, overwrite = as_flag(resume, "resume"), as_flag(overwrite, "overwrite")
     if dist.is_initialized() and dist.get_rank() > 0:
         return  # rank 0 decides and moves; the others write nothing
     output_dir = Path(output_dir)

@@ -106,6 +106,9 @@ class ModelExportHandler:
         evaluator: the validation evaluator (its key metric selects the weights).
         selection: ``"best"`` or ``"last"``.
         info: extra provenance for the model file (e.g. training and calibration image counts).
+        fast_steps: when above 0, also distil the fast scoring mode (:func:`~monai_mtlmad.scoring.student.
+            distill_student`) in this many steps, on the images of ``distill``, and store it in the model file.
+        distill: iterable of training batches (dicts with ``"image"``) for the fast mode.
     """
 
     def __init__(
@@ -117,11 +120,16 @@ class ModelExportHandler:
         evaluator: Engine | None = None,
         selection: str = "best",
         info: dict | None = None,
+        fast_steps: int = 0,
+        distill: Iterable | None = None,
     ):
         if selection not in ("best", "last"):
             raise ValueError(f"selection must be 'best' or 'last', got {selection!r}.")
         self.scorer, self.calibration, self.path, self.device = scorer, calibration, Path(path), device
         self.evaluator, self.selection, self.info = evaluator, selection, dict(info or {})
+        if fast_steps > 0 and distill is None:
+            raise ValueError("fast_steps > 0 needs the training images to distil on (distill).")
+        self.fast_steps, self.distill = int(fast_steps), distill
         self.best: dict | None = None  # {"epoch", "metric", "value", "network"} of the best validation so far
         self.trainer: Engine | None = None
         self.network: torch.nn.Module | None = None
@@ -155,7 +163,7 @@ class ModelExportHandler:
     def __call__(self, engine: Engine) -> None:
         if not _is_main():
             return
-        from monai_mtlmad.engines.workflows import normal_batches
+        from monai_mtlmad.engines.workflows import batch_images, normal_batches
 
         scorer = self.scorer()
         last = int(engine.state.epoch)
@@ -170,6 +178,13 @@ class ModelExportHandler:
         if not batches:
             raise ValueError("no normal image to calibrate the scorer on: the calibration split holds none.")
         scorer.fit(batches)
+        if self.fast_steps > 0:
+            from monai_mtlmad.scoring.student import distill_student
+
+            device = self.device or engine.state.device
+            training = (batch_images(b, "image", device) for b in self.distill if "image" in b)
+            student = distill_student(scorer, training, batches, steps=self.fast_steps)
+            engine.logger.info(f"fast mode distilled: {student.training}")
         scorer.training = {**self.info, "epoch": epoch, "last_epoch": last, "selection": why}
         scorer.save(self.path)
         engine.logger.info(
@@ -278,6 +293,7 @@ class AnomalyReportWriter:
         if scorer is not None:
             rate = lambda sel: float(flagged[sel].float().mean()) if bool(sel.any()) else None  # noqa: E731
             metrics["threshold"] = {
+                "mode": scorer.mode,
                 "image_score": scorer.image_score,
                 "value": scorer.threshold,
                 "nominal_fpr": scorer.fpr,
@@ -391,7 +407,7 @@ class AnomalyMapWriter:
         self.skipped += [(str(s), r) for s, r in o.get("skipped", [])]
         if "score" not in o:
             return
-        threshold = getattr(getattr(engine, "scorer", None), "pixel_threshold", None)
+        threshold = getattr(getattr(engine, "scorer", None), "map_threshold", None)
         self.tasks = list(o["task_scores"])
         for i, image in enumerate(o["inputs"]):
             name = str(image.meta["filename_or_obj"])
