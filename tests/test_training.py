@@ -61,7 +61,8 @@ def test_fifty_joint_steps_lower_every_task_loss_and_experts_specialise():
         assert after[name] < 0.9 * before[name], (name, before[name], after[name])
     assert set(parts) == set(names) | {"moe", "total"}
     # the mutual-information loss sharpens each task's routing (measured: normalised entropy 0.76-0.89 -> 0.51-0.67;
-    # without it 0.75-0.81) while the marginal usage stays balanced (0.99: no collapse onto a few experts)
+    # without it 0.75-0.81) while the marginal usage stays balanced (measured 0.895-0.993 over three seeds and both
+    # batch layouts, dense views first or in task order; routing collapsed onto the top-2 of 4 experts gives 0.5)
     for block, (task_entropy, marginal_entropy) in routing_entropies(net, tasks, held_out).items():
         assert task_entropy < routing_before[block][0] - 0.1, (block, routing_before[block], task_entropy)
-        assert marginal_entropy > 0.9, (block, marginal_entropy)
+        assert marginal_entropy > 0.85, (block, marginal_entropy)

@@ -28,10 +28,11 @@ def build_task_batch(
         images_per_task: if set, each task sees a random subset of that many images (bounds the step cost).
 
     Returns:
-        ``(inputs (sum_t B_t, C, *spatial), task_ids (sum_t B_t,), views per task)``.
+        ``(inputs (sum_t B_t, C, *spatial), task_ids (sum_t B_t,), views per task)``; the batch holds the dense
+        tasks' views first, then the global ones (each task's in its own order), ``views`` is in task order.
     """
     views = []
-    for task in tasks:
+    for task in tasks:  # views in task order (the generator's draws do not depend on the batch layout below)
         imgs, extra = images, batch
         if images_per_task is not None and images_per_task < images.shape[0]:
             idx = torch.randperm(images.shape[0], generator=generator, device=generator.device if generator else None)
@@ -39,9 +40,12 @@ def build_task_batch(
             imgs = images[idx]
             extra = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and len(v) == len(images)} if batch else None
         views.append(task.training_views(imgs, generator, extra))
-    inputs = torch.cat([v.inputs for v in views])
+    # dense tasks' views first: the network then runs its decoder on a leading slice of the batch instead of a
+    # gathered copy (a full-resolution copy of every skip tensor, and its scatter in the backward pass)
+    order = sorted(range(len(tasks)), key=lambda t: tasks[t].kind != "dense")
+    inputs = torch.cat([views[t].inputs for t in order])
     task_ids = torch.cat(
-        [torch.full((v.inputs.shape[0],), t, dtype=torch.long, device=images.device) for t, v in enumerate(views)]
+        [torch.full((views[t].inputs.shape[0],), t, dtype=torch.long, device=images.device) for t in order]
     )
     return inputs, task_ids, views
 

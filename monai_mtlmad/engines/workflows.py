@@ -54,6 +54,9 @@ class MultiTaskTrainer(Trainer):
         images_per_task: optional per-task subset of each batch.
         grad_clip: max gradient norm.
         seed: seed of the task views' generator (offset by the distributed rank).
+        amp: run the forward pass and the losses under bfloat16 autocast (the range of float32, so no loss scaling;
+            on GPUs with bf16 tensor cores, as the H100/H200, it roughly halves the step). The views and the
+            optimiser stay in float32.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class MultiTaskTrainer(Trainer):
         images_per_task: int | None = None,
         grad_clip: float | None = 5.0,
         seed: int = 0,
+        amp: bool = False,
     ) -> None:
         super().__init__(
             device=torch.device(device),
@@ -82,6 +86,7 @@ class MultiTaskTrainer(Trainer):
         )
         self.network, self.tasks, self.optimizer, self.loss_function = network, list(tasks), optimizer, loss_function
         self.image_key, self.images_per_task, self.grad_clip = image_key, images_per_task, grad_clip
+        self.amp = bool(amp)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.generator = torch.Generator(device=self.state.device).manual_seed(seed + 1000 * rank)
 
@@ -93,9 +98,10 @@ class MultiTaskTrainer(Trainer):
         extra = {k: v.to(images.device) for k, v in batchdata.items() if torch.is_tensor(v) and len(v) == len(images)}
         self.network.train()
         engine.state.output = {Keys.IMAGE: images}
-        total, parts = multitask_loss(
-            self.network, self.tasks, self.loss_function, images, self.generator, extra, self.images_per_task
-        )
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            total, parts = multitask_loss(
+                self.network, self.tasks, self.loss_function, images, self.generator, extra, self.images_per_task
+            )
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = total
         engine.state.output["losses"] = parts

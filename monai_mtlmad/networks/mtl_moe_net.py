@@ -180,7 +180,7 @@ class MTLMoENet(nn.Module):
                     out[name] = self.heads[name](pooled[sel])
         dense = self.dense_task[task_ids]
         if dense.any():
-            idx = dense.nonzero(as_tuple=True)[0]
+            idx = _rows(dense)
             d, ids = h[idx], task_ids[idx]
             for up, dec, moe, skip in zip(self.up, self.decoder, self.decoder_moe, reversed(skips[:-1])):
                 d = dec(torch.cat([up(d), skip[idx]], 1))
@@ -189,7 +189,7 @@ class MTLMoENet(nn.Module):
             for t, name in enumerate(self.task_names):
                 sel = ids == t
                 if self.task_kinds[t] == "dense" and sel.any():
-                    out[name] = self.heads[name](d[sel])
+                    out[name] = self.heads[name](d[_rows(sel)])
         return out
 
     def aux_loss(self) -> torch.Tensor:
@@ -226,6 +226,14 @@ class MTLMoENet(nn.Module):
                 m.usage_counts.copy_(usage)
                 m.prob_sums.copy_(probs)
                 m.token_counts.copy_(tokens)
+
+
+def _rows(mask: torch.Tensor) -> slice | torch.Tensor:
+    """The batch rows where ``mask (B,)`` holds: a slice when they are one contiguous run (a view, where indexing
+    would copy a full-resolution tensor and scatter its gradient back), else their indices."""
+    idx = mask.nonzero(as_tuple=True)[0]
+    first, last = int(idx[0]), int(idx[-1])
+    return slice(first, last + 1) if last - first + 1 == idx.numel() else idx
 
 
 class TaskHead(nn.Module):
