@@ -67,6 +67,17 @@ def test_config_workflow_properties(tmp_path):
         assert wf.check_properties() in (None, [])  # every required MONAI train/infer property is defined
 
 
+@pytest.mark.parametrize("switch, moe", [("false", False), ("true", True), (False, False)])
+def test_the_moe_switch_of_train_json_takes_command_line_strings(switch, moe):
+    """``--moe false`` arrives as the string "false" (Python Fire): the network must still get the shared block."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"moe": switch, "device": "$torch.device('cpu')"})
+    assert parser.get_parsed_content("network_def").moe is moe
+
+
 def routing_epochs(run):
     """Epochs at which TensorBoard received routing scalars of the training epoch."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -125,6 +136,8 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     cal = metrics["calibration"]
     assert cal["images"] == cal["calibration_valid_normals"] + cal["calibration_train_holdout"] == 2 + 1
     assert cal["train_images"] == 6 - 1 and metrics["model"]["last_epoch"] == 2
+    # the model file says how long the learner trained: 2 epochs of 5 images in batches of 2 (last one dropped)
+    assert metrics["model"]["training_steps"] == 2 * 2 and metrics["model"]["training_seconds"] > 0
     assert len(list((run / "overlays").glob("*.png"))) >= 2
     # by default evaluation scores as inference does: with the fast mode the model file holds
     fast_run = tmp_path / "fast"

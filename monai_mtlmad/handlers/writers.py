@@ -97,7 +97,8 @@ class ModelExportHandler:
     validation metric (higher is better, as MONAI's key metrics) are kept in memory after each validation and
     exported; they travel in the trainer's checkpoints through :meth:`state_dict`, so a resumed run still exports
     the best of all its epochs. Without a validation run, or with ``selection="last"``, the last epoch's weights.
-    The model file records which epoch was exported and why (``scorer.training``).
+    The model file records which epoch was exported and why, the optimisation steps run and the seconds the
+    training epochs took, validations left out (``scorer.training``: ``training_steps``, ``training_seconds``).
 
     Args:
         scorer: returns a fresh :class:`AnomalyScorer` around the trained network.
@@ -131,12 +132,14 @@ class ModelExportHandler:
             raise ValueError("fast_steps > 0 needs the training images to distil on (distill).")
         self.fast_steps, self.distill = int(fast_steps), distill
         self.best: dict | None = None  # {"epoch", "metric", "value", "network"} of the best validation so far
+        self.training_seconds = 0.0  # the epochs' own time (Ignite measures it before validation handlers run)
         self.trainer: Engine | None = None
         self.network: torch.nn.Module | None = None
 
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
         self.network = self.scorer().net  # the unwrapped learner (the scorer factory closes over it)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._add_epoch_time)
         engine.add_event_handler(Events.COMPLETED, self)
         if self.evaluator is not None and self.selection == "best":
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.track)
@@ -154,11 +157,15 @@ class ModelExportHandler:
             "network": {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
         }
 
+    def _add_epoch_time(self, engine: Engine) -> None:
+        self.training_seconds += float(engine.state.times.get(Events.EPOCH_COMPLETED.name) or 0.0)
+
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "training_seconds": self.training_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+        self.training_seconds = float(state.get("training_seconds", 0.0))
 
     def __call__(self, engine: Engine) -> None:
         if not _is_main():
@@ -184,7 +191,8 @@ class ModelExportHandler:
             device = self.device or engine.state.device
             training = (batch_images(b, "image", device) for b in self.distill if "image" in b)
             distill_student(scorer, training, batches, steps=self.fast_steps)  # logs its fidelity itself
-        scorer.training = {**self.info, "epoch": epoch, "last_epoch": last, "selection": why}
+        scorer.training = {**self.info, "epoch": epoch, "last_epoch": last, "selection": why,
+                           "training_steps": int(engine.state.iteration), "training_seconds": round(self.training_seconds, 2)}
         scorer.save(self.path)
         engine.logger.info(
             f"saved model of epoch {epoch} ({why}) calibrated on {scorer.calibration['images']} normal images to "
@@ -238,7 +246,7 @@ class AnomalyReportWriter:
                 "score": float(o["score"][i]),
                 "p_value": float(o["p_value"][i]),
                 "anomalous": bool(o["anomalous"][i]),
-                "map": o["map"][i].cpu(),
+                "map": o["map"][i].cpu() if o["map"] is not None else None,  # None: global tasks only
                 "mask": o["mask"][i].cpu(),
                 "foreground": o["foreground"][i].cpu(),
                 "task_scores": {k: float(v[i]) for k, v in o["task_scores"].items()},
@@ -263,7 +271,8 @@ class AnomalyReportWriter:
         scores = torch.tensor([x["score"] for x in r])
         labels = torch.tensor([x["label"] for x in r])
         masks = torch.stack([x["mask"] for x in r])
-        has_masks = bool(masks.any())
+        has_maps = all(x["map"] is not None for x in r)  # a scorer of global tasks only scores images, draws no map
+        has_masks = bool(masks.any()) and has_maps
         stack = lambda k: torch.stack([x[k] for x in r])  # noqa: E731
         metrics = compute_anomaly_metrics(
             scores, labels, stack("map") if has_masks else None, masks if has_masks else None,
@@ -306,6 +315,7 @@ class AnomalyReportWriter:
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         order = sorted(range(len(r)), key=lambda i: r[i]["score"])
         picks = [("lowest", i) for i in order[: self.num_overlays]] + [("highest", i) for i in order[::-1][: self.num_overlays]]
+        picks = picks if has_maps else []
         for rank, (tag, i) in enumerate(picks):
             x = r[i]
             render_overlay(
@@ -400,7 +410,9 @@ class AnomalyMapWriter:
         self.skipped = []
 
     def write_batch(self, engine: Engine) -> None:
-        from monai.data import MetaTensor, NibabelWriter
+        from monai.data import MetaTensor
+
+        from monai_mtlmad.apps.serving import write_study_map
 
         o = engine.state.output
         self.skipped += [(str(s), r) for s, r in o.get("skipped", [])]
@@ -408,6 +420,10 @@ class AnomalyMapWriter:
             return
         threshold = getattr(getattr(engine, "scorer", None), "map_threshold", None)
         self.tasks = list(o["task_scores"])
+        if o["map"] is None:
+            raise ValueError(f"the model's tasks ({', '.join(self.tasks)}) are all global: it scores images but draws no "
+                             "anomaly map to write. Train with at least one dense task (inpainting, jigsaw, "
+                             "pseudo_anomaly, pseudo_label, denoising), or evaluate it with evaluate.json.")
         for i, image in enumerate(o["inputs"]):
             name = str(image.meta["filename_or_obj"])
             amap = self.invert({"image": image, "map": MetaTensor(o["map"][i].detach().float().cpu())})["map"]
@@ -420,10 +436,7 @@ class AnomalyMapWriter:
                     overlay = blend_map(np.asarray(picture), grid, threshold)
                 Image.fromarray(overlay).save(output_path(self.output_dir, name, "overlay.png", self.data_root))
             else:
-                writer = NibabelWriter(output_dtype=np.float32)
-                writer.set_data_array(amap, channel_dim=0)
-                writer.set_metadata(amap.meta, resample=False)
-                writer.write(str(output_path(self.output_dir, name, "map.nii.gz", self.data_root)))
+                write_study_map(amap, name, output_path(self.output_dir, name, "map.nii.gz", self.data_root))
             decision = "yes" if bool(o["anomalous"][i]) else "no"
             self.rows.append([
                 name, f"{float(o['score'][i]):.6f}", f"{float(o['p_value'][i]):.6f}", decision,
@@ -468,7 +481,7 @@ class AnomalyMapTensorBoardHandler:
 
     def keep(self, engine: Engine) -> None:
         o = engine.state.output
-        if self.first is None and "map" in o:
+        if self.first is None and o.get("map") is not None:  # scorers of global tasks only have no map
             self.first = {"image": o["image"][: self.max_images].cpu(), "map": o["map"][: self.max_images].cpu()}
 
     def write(self, engine: Engine) -> None:
