@@ -78,3 +78,83 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
         assert name in figures, name
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "chest / 5 tasks + denoising / synthetic" in table and "| image: one_class |" in table
+
+
+def test_quality_benchmark_compares_learner_peers_and_trivial_scores_at_one_budget(tmp_path):
+    from monai_mtlmad.data import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "data", 2, n_train=8, n_valid=4, n_test=4, size=32)
+    methods = ["MTL-MAD (shared block)", "orientation alone", "denoising autoencoder", "DRAEM-style segmenter"]
+    cmd = [sys.executable, "-W", "ignore", str(ROOT / "benchmarks/quality.py"), str(data), "--minutes", "0.03",
+           "--seeds", "0", "1", "--image_size", "32", "--methods", *methods, "--output", str(tmp_path / "q"),
+           "--plot", str(tmp_path / "q.png"), "--work_dir", str(tmp_path / "runs")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert "quality.py" in result["command"] and result["date"] and result["machine"]
+    assert sorted((r["method"], r["seed"]) for r in result["runs"]) == sorted((m, s) for m in methods for s in (0, 1))
+    for r in result["runs"]:
+        f = r["figures"]
+        assert 0 <= f["image_auroc"] <= 1 and 0 <= f["measured_fpr"] <= 1
+        assert f["steps"] >= 1 and f["train_seconds"] > 0
+        if r["method"] == "orientation alone":  # a global task scores images and draws no map
+            assert f["pixel_auroc"] is None and f["pixel_auroc_anomalous"] is None
+        else:
+            assert 0 <= f["pixel_auroc_anomalous"] <= 1
+    # the peers train on the clock: their seconds are the budget (1.8 s), not more than one step over
+    for r in result["runs"]:
+        if r["method"] in ("denoising autoencoder", "DRAEM-style segmenter"):
+            assert 1.8 <= r["figures"]["train_seconds"] < 1.8 + 1.0
+    # the learner's runs went through the bundle: its model file and its metrics.json, with the shared block
+    from monai_mtlmad.scoring import AnomalyScorer
+
+    shared = AnomalyScorer.load(tmp_path / "runs" / "MTL-MAD_(shared_block)" / "seed1" / "models" / "model.pt")
+    assert not shared.net.moe and [t.name for t in shared.tasks] == ["inpainting", "jigsaw", "orientation",
+                                                                     "pseudo_anomaly", "pseudo_label"]
+    alone = tmp_path / "runs" / "orientation_alone" / "seed0" / "models" / "model.pt"
+    assert [t.name for t in AnomalyScorer.load(alone).tasks] == ["orientation"]
+    # such a model has no map to write: inference says so instead of failing somewhere inside
+    cmd = [sys.executable, "-W", "ignore", "-m", "monai.bundle", "run", "--bundle_root", str(ROOT / "bundle"),
+           "--config_file", str(ROOT / "bundle" / "configs" / "inference.json"), "--model_path", str(alone),
+           "--dataset_dir", str(data / "test"), "--output_dir", str(tmp_path / "maps"), "--num_workers", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "are all global: it scores images but draws no anomaly map" in done.stderr
+    summary = result["summary"]
+    assert summary["orientation alone"]["n_seeds"] == 2 and len(summary["orientation alone"]["image_auroc"]) == 2
+    assert {"trivial: foreground fraction", "trivial: raw intensity"} <= set(summary)
+    md = (tmp_path / "q.md").read_text()
+    assert "| DRAEM-style segmenter |" in md and "| trivial: raw intensity |" in md
+    assert (tmp_path / "q.png").stat().st_size > 0
+
+
+def test_bmad_runner_finds_each_dataset_and_prints_bmads_table(tmp_path):
+    import shutil
+
+    from monai_mtlmad.data import make_demo_dataset
+
+    root = tmp_path / "BMAD"
+    make_demo_dataset(root / "BraTS2021", 2, n_train=8, n_valid=4, n_test=4, size=32)
+    rsna = make_demo_dataset(root / "RSNA", 2, n_train=8, n_valid=4, n_test=4, size=32, anatomy="chest")
+    for split in ("valid", "test"):  # RSNA has image labels only
+        shutil.rmtree(rsna / split / "Ungood" / "anomaly_mask")
+    (root / "notes").mkdir()  # anything else under ROOT is left alone
+    cmd = [sys.executable, "-W", "ignore", str(ROOT / "benchmarks/bmad.py"), str(root), "--steps", "2",
+           "--image_size", "32", "--num_workers", "0", "--output", str(tmp_path / "bmad"), "--work_dir",
+           str(tmp_path / "runs")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+    result = json.loads((tmp_path / "bmad.json").read_text())
+    assert [r["dataset"] for r in result["runs"]] == ["brats", "rsna"]
+    brats, rsna_run = (r["metrics"] for r in result["runs"])
+    assert brats["pixel_auroc"] is not None and rsna_run["pixel_auroc"] is None and rsna_run["image_auroc"] is not None
+    md = (tmp_path / "bmad.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method |"))
+    assert header == "| method | BraTS | RSNA |"
+    assert "| PatchCore | 91.65 / 96.97 / 85.68 | 76.14 |" in md
+    ours = next(line for line in md.splitlines() if line.startswith("| **MTL-MAD"))
+    brats_cell, rsna_cell = ours.split("|")[2:4]
+    assert len(brats_cell.split("/")) == 3 and len(rsna_cell.split("/")) == 1  # pixel and PRO only with masks
+    assert f"{100 * brats['image_auroc']:.2f}" in brats_cell
+    # each dataset ran with its own defaults: BraTS's preset and BMAD's size, no rim, in the model file
+    from monai_mtlmad.scoring import AnomalyScorer
+
+    scorer = AnomalyScorer.load(tmp_path / "runs" / "brats" / "seed0" / "models" / "model.pt")
+    assert scorer.rim == 0.0 and scorer.preprocessing_config["preset"] == "mri"
