@@ -31,7 +31,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "scikit-learn", "hypothesis"],
-        "monailabel": ["monailabel"],
+        # pydicom-seg (a MONAI Label dependency) does not import with pydicom 3; these pins keep one consistent set
+        "monailabel": ["monailabel>=0.8.5", "pydicom<3", "dicomweb-client<0.60", "pynetdicom<3", "requests-toolbelt"],
         "notebooks": ["jupyter", "nbconvert", "matplotlib"],
     },
     classifiers=[
