@@ -63,8 +63,11 @@ $(ML_STAMP): setup.py
 	$(ML_VENV)/bin/pip install --quiet -e ".[test,monailabel]"
 	touch $(ML_STAMP)
 
+# Keeps the measured latencies and a picture of one answer under runs/monailabel/.
 test-monailabel: $(ML_STAMP)
-	$(ML_VENV)/bin/python -m pytest -q tests/test_monailabel_app.py
+	mkdir -p runs/monailabel
+	MTLMAD_LATENCY_JSON=runs/monailabel/latency.json MTLMAD_PICTURE=runs/monailabel/answer.png \
+		$(ML_VENV)/bin/python -m pytest -q tests/test_monailabel_app.py
 
 # Training throughput, scoring latency/throughput (full and fast mode) and peak memory, 2D 256x256 and 3D 128^3,
 # each beside a plain MONAI UNet measured in the same run. About 10 minutes on 2 CPU cores (the full-mode volume

@@ -3,7 +3,7 @@ own environment; skipped where MONAI Label is not installed).
 
 Tiny models are trained through the bundle; the studies are generated 2D pictures and 3D volumes with known lesions,
 one volume stored LPS and one with an oblique affine. Set MTLMAD_LATENCY_JSON to a path to keep the measured
-latencies."""
+latencies, MTLMAD_PICTURE to a PNG path for a picture of one answer."""
 
 import concurrent.futures
 import io
@@ -108,6 +108,35 @@ def check_json(info: dict, version: int = 1) -> None:
     assert info["model"]["version"] == version
 
 
+def picture_of_answer(picture, amap, segment, truth, info, path: Path) -> None:
+    """What a reader sees of one infer answer: the study, the returned map, the returned segment over the study."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    axes[0].imshow(picture, cmap="gray")
+    axes[0].contour(truth, levels=[0.5], colors="lime", linewidths=1)
+    axes[0].set_title("study (lesion outlined in green)", fontsize=9)
+    shown = axes[1].imshow(amap, cmap="inferno")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, label="anomaly map (normal units)")
+    axes[1].set_title("mtlmad_map: float32 map", fontsize=9)
+    axes[2].imshow(picture, cmap="gray")
+    axes[2].imshow(np.ma.masked_equal(segment, 0), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+    axes[2].contour(truth, levels=[0.5], colors="lime", linewidths=1)
+    axes[2].set_title("mtlmad_anomaly: segment (label 1)", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    decision = "anomalous" if info["anomalous"] else "normal"
+    fig.suptitle(f"MONAI Label answer: score {info['score']:.2f}, p = {info['p_value']:.3f}, {decision} "
+                 f"at the 5 % threshold", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 @pytest.fixture(scope="module")
 def served_2d(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ml2d")
@@ -180,6 +209,8 @@ def test_2d_segment_and_map_lie_on_the_picture_and_find_the_lesions(served_2d):
         if path.stem in masks:
             maps.append(amap.ravel())
             truth.append(masks[path.stem].ravel())
+        if path.stem in masks and os.environ.get("MTLMAD_PICTURE") and not Path(os.environ["MTLMAD_PICTURE"]).exists():
+            picture_of_answer(picture, amap, segment, masks[path.stem], info, Path(os.environ["MTLMAD_PICTURE"]))
     # the lesion pixels score higher than the rest of their pictures
     assert roc_auc_score(np.concatenate(truth), np.concatenate(maps)) > 0.7
     LATENCY["2D 64x64 picture"] = {"median_s": statistics.median(seconds), "max_s": max(seconds), "n": len(seconds)}
