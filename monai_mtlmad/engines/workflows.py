@@ -221,7 +221,7 @@ class AnomalyEvaluator(Evaluator):
             "image_scores": res.image_scores,
             "label": label if label is not None else torch.zeros(n, dtype=torch.long, device=images.device),
             "map": res.map,
-            "mask": mask if mask is not None else torch.zeros_like(res.map),
+            "mask": mask if mask is not None else torch.zeros(res.foreground.shape, device=images.device),
             "foreground": res.foreground,
             "task_scores": res.task_scores,
             "task_maps": res.task_maps,
