@@ -121,7 +121,7 @@ def test_quality_benchmark_compares_learner_peers_and_trivial_scores_at_one_budg
     summary = result["summary"]
     assert summary["orientation alone"]["n_seeds"] == 2 and len(summary["orientation alone"]["image_auroc"]) == 2
     assert {"trivial: foreground fraction", "trivial: raw intensity"} <= set(summary)
-    md = (tmp_path / "q.md").read_text()
+    md = (tmp_path / "q.md").read_text(encoding="utf-8")
     assert "| DRAEM-style segmenter |" in md and "| trivial: raw intensity |" in md
     assert (tmp_path / "q.png").stat().st_size > 0
 
@@ -145,7 +145,7 @@ def test_bmad_runner_finds_each_dataset_and_prints_bmads_table(tmp_path):
     assert [r["dataset"] for r in result["runs"]] == ["brats", "rsna"]
     brats, rsna_run = (r["metrics"] for r in result["runs"])
     assert brats["pixel_auroc"] is not None and rsna_run["pixel_auroc"] is None and rsna_run["image_auroc"] is not None
-    md = (tmp_path / "bmad.md").read_text()
+    md = (tmp_path / "bmad.md").read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| method |"))
     assert header == "| method | BraTS | RSNA |"
     assert "| PatchCore | 91.65 / 96.97 / 85.68 | 76.14 |" in md
