@@ -67,6 +67,7 @@ $(ML_STAMP): setup.py
 test-monailabel: $(ML_STAMP)
 	mkdir -p runs/monailabel
 	MTLMAD_LATENCY_JSON=runs/monailabel/latency.json MTLMAD_PICTURE=runs/monailabel/answer.png \
+		MTLMAD_PICTURE_3D=runs/monailabel/answer_3d.png \
 		$(ML_VENV)/bin/python -m pytest -q tests/test_monailabel_app.py
 
 # Training throughput, scoring latency/throughput (full and fast mode) and peak memory, 2D 256x256 and 3D 128^3,
