@@ -18,13 +18,13 @@ map's top 1 % (``foreground_quantile``), the threshold the calibration normals' 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from monai.networks.layers import MedianFilter
 from monai.networks.nets import AutoEncoder, UNet
 
+from monai_mtlmad.networks import forward_padded
 from monai_mtlmad.scoring import foreground_mask, foreground_quantile
 from monai_mtlmad.tasks import create_task
 
@@ -78,19 +78,8 @@ class PeerDetector:
         self.median = MedianFilter(self.spec.median_radius, spatial_dims).to(device) if self.spec.median_radius else None
         self.threshold: float | None = None
 
-    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
-        """Zero-pad the spatial size to a multiple of the network's down-sampling factor."""
-        f = 2 ** len(CHANNELS)
-        spatial = x.shape[2:]
-        padded = [math.ceil(s / f) * f for s in spatial]
-        pad = []
-        for s, p in reversed(list(zip(spatial, padded))):
-            pad += [0, p - s]
-        return torch.nn.functional.pad(x, pad), (slice(None), slice(None), *(slice(0, s) for s in spatial))
-
     def _predict(self, inputs: torch.Tensor, task=None) -> torch.Tensor:
-        padded, crop = self._pad(inputs)
-        return self.net(padded)[crop]
+        return forward_padded(self.net, inputs, 2 ** len(CHANNELS))
 
     def train_step(self, images: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                    progress: float) -> float:

@@ -149,3 +149,23 @@ def test_multitask_loss_weights_and_uncertainty():
     assert float(learned(losses)[0].detach()) == pytest.approx((2 + 3) / 2 + 2 * math.log(2.0))
     with pytest.raises(ValueError, match="unknown tasks"):
         MultiTaskLoss(["a"], weights={"z": 1.0})
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 37, 50), (1, 1, 20, 17, 9)])
+def test_forward_padded_runs_a_strided_unet_on_any_size_and_crops_back(shape):
+    from monai.networks.nets import UNet
+
+    from monai_mtlmad.networks import forward_padded
+
+    torch.manual_seed(0)
+    net = UNet(len(shape) - 2, 1, 2, channels=(4, 8, 16), strides=(2, 2)).eval()
+    x = torch.rand(shape)
+    with pytest.raises(RuntimeError):
+        net(x)  # the sizes do not divide by 4
+    with torch.no_grad():
+        out = forward_padded(net, x, 4)
+        assert out.shape == (shape[0], 2, *shape[2:])
+        # the output's origin corner is the network's answer on the same data (padding sits at the far ends)
+        big = torch.nn.functional.pad(x, [p for s in reversed(shape[2:]) for p in (0, (-s) % 4)], mode="replicate")
+        assert torch.equal(out, net(big)[(..., *[slice(0, s) for s in shape[2:]])])
+        assert torch.equal(forward_padded(net, big, 4), net(big))  # no padding when none is needed

@@ -4,5 +4,6 @@
 
 from monai_mtlmad.networks.moe import MoEFeedForward, mutual_information_loss
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet, TaskHead
+from monai_mtlmad.networks.padding import forward_padded
 
-__all__ = ["MTLMoENet", "MoEFeedForward", "TaskHead", "mutual_information_loss"]
+__all__ = ["MTLMoENet", "MoEFeedForward", "TaskHead", "forward_padded", "mutual_information_loss"]

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
 
+from monai_mtlmad.networks.padding import forward_padded
 from monai_mtlmad.scoring.fusion import insert_validation_lesions, pixel_auroc
 from monai_mtlmad.transforms.foreground import foreground_mask
 
@@ -109,13 +110,7 @@ class DistilledStudent:
         return next(self.net.parameters()).device
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        # MONAI's UNet needs sizes divisible by its total stride: pad at the end, crop the output back
-        pad = [(-s) % self.size_divisor for s in x.shape[2:]]
-        if not any(pad):
-            return self.net(x)
-        flat = [p for d in reversed(pad) for p in (0, d)]
-        out = self.net(F.pad(x, flat, mode="replicate"))
-        return out[(..., *[slice(0, s) for s in x.shape[2:]])]
+        return forward_padded(self.net, x, self.size_divisor)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised task maps ``(B, T, *spatial)`` of ``images (B, C, *spatial)`` (sliding windows for images
