@@ -13,12 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_check_tasks_script_reports_every_task_and_routing(tmp_path):
     cmd = [sys.executable, "-W", "ignore", str(ROOT / "scripts/check_tasks.py"), "--steps", "3", "--size", "64",
            "--n_train", "4", "--n_eval", "2", "--batch", "2", "--output", str(tmp_path),
-           "--tasks", "inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label", "denoising"]
+           "--tasks", "inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label", "denoising",
+           "--options", '{"orientation": {"tilt": 15}}']
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     result = json.loads((tmp_path / "task_check.json").read_text())["results"][0]
     assert set(result["held_out"]) == {"orientation", "jigsaw", "pseudo_anomaly", "inpainting", "pseudo_label", "denoising"}
     assert result["held_out"]["denoising"]["noisy_input_mae"] > 0
-    assert result["held_out"]["orientation"]["chance"] == 0.25
+    orientation = result["held_out"]["orientation"]
+    assert orientation["chance"] == 0.25 and orientation["untilted_answer_mae_degrees"] == pytest.approx(7.5)
+    assert "| orientation | tilt_mae_degrees |" in (tmp_path / "task_check.md").read_text()
     assert set(result["routing"]) == {"bottleneck_moe", "decoder_moe.0", "decoder_moe.1", "decoder_moe.2"}
     assert "| jigsaw | pixel_accuracy |" in (tmp_path / "task_check.md").read_text()
 
@@ -78,6 +81,15 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
         assert name in figures, name
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "chest / 5 tasks + denoising / synthetic" in table and "| image: one_class |" in table
+    # again on an independent, larger test set: the trained model is reused, not trained again
+    model = next(tmp_path.rglob("models/model.pt"))
+    trained = model.stat().st_mtime_ns
+    subprocess.run(cmd + ["--test_images", "6", "--map_weights", "equal"], check=True, capture_output=True, timeout=900)
+    assert model.stat().st_mtime_ns == trained
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]][3:] == [("equal", 6), ("equal, fast mode", 6)]
+    assert len(list((tmp_path / "data" / "chest_test6" / "test").rglob("img/*.png"))) == 6
+    assert "chest / 5 tasks + denoising / equal / 6 test images" in (tmp_path / "results.md").read_text(encoding="utf-8")
 
 
 def test_quality_benchmark_compares_learner_peers_and_trivial_scores_at_one_budget(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from monai_mtlmad.networks import MTLMoENet
 from monai_mtlmad.scoring import AnomalyScorer
-from monai_mtlmad.tasks import DEFAULT_TASKS, create_tasks
+from monai_mtlmad.tasks import DEFAULT_TASKS, create_task, create_tasks
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 1, 48, 48)), (3, (1, 1, 16, 16, 16))])
@@ -141,3 +141,28 @@ def test_denoising_error_is_what_the_restorer_removes():
     assert float(err[0]) == 0.0 and float(err[1]) > 0
     views = task.training_views(images, torch.Generator().manual_seed(0))
     assert torch.equal(views.target, images) and not torch.equal(views.inputs, images)
+
+
+def test_tilted_orientation_reads_the_angle_and_keeps_the_number_of_scoring_views():
+    torch.manual_seed(0)
+    plain = create_task("orientation", 2)
+    task = create_task("orientation", 2, tilt=20)
+    assert task.out_channels == plain.out_channels + 1 and task.spec == {"name": "orientation", "num_poses": None,
+                                                                         "tilt": 20, "tilt_weight": 1.0}
+    images = torch.rand(6, 1, 32, 32)
+    views = task.training_views(images, torch.Generator().manual_seed(1))
+    angles = views.info["tilt"]
+    assert angles.shape == (6,) and (angles.abs() <= 1).all() and angles.std() > 0
+    scoring = list(task.inference_views(images))
+    assert len(scoring) == len(list(plain.inference_views(images)))
+    assert [float(v.info["tilt"][0]) for v in scoring] == [0.5, -0.5, 0.5, -0.5]
+    # a network that reads pose and angle exactly pays nothing; one that misreads the angle pays its square
+    exact = torch.cat([torch.nn.functional.one_hot(views.target, 4) * 50.0, angles[:, None]], 1)
+    assert float(task.loss(exact, views)) < 1e-6
+    off = exact.clone()
+    off[:, 4] += 0.5
+    assert float(task.loss(off, views)) == pytest.approx(0.25, abs=1e-5)
+    err, emap = task.error(off, views)
+    assert emap is None and torch.allclose(err, torch.full((6,), 0.25 / 4), atol=1e-5)
+    with pytest.raises(ValueError, match="tilt"):
+        create_task("orientation", 2, tilt=60)

@@ -293,3 +293,25 @@ def test_roll_batch_rolls_each_sample_by_its_own_shift():
     for b in range(3):
         torch.testing.assert_close(rolled[b], torch.roll(x[b], tuple(shifts[b].tolist()), (1, 2)), rtol=0, atol=0)
     torch.testing.assert_close(Fn.roll_batch(rolled, -shifts), x, rtol=0, atol=0)
+
+
+def test_tilt_rotates_in_pixel_units_in_the_last_two_axes_and_keeps_the_inscribed_disc():
+    from monai_mtlmad.transforms.functional import tilt_batch
+
+    x = torch.rand(2, 1, 32, 32)
+    quarter = tilt_batch(x, torch.tensor([90.0, 0.0]))
+    yy, xx = torch.meshgrid(torch.arange(32) - 15.5, torch.arange(32) - 15.5, indexing="ij")
+    disc = yy**2 + xx**2 <= 16**2
+    # 90 degrees is a quarter turn of the grid (one direction or the other), exact inside the disc, zero outside
+    turned = [torch.rot90(x[0, 0], k, (0, 1)) for k in (1, -1)]
+    assert min(float((quarter[0, 0] - t)[disc].abs().max()) for t in turned) < 1e-4
+    assert torch.allclose(quarter[1, 0][disc], x[1, 0][disc], atol=1e-5) and not quarter[:, :, ~disc].any()
+    # a non-square plane is not sheared: a bar across a 40x60 picture, turned 90 degrees, is as wide as before
+    bar = torch.zeros(1, 1, 40, 60)
+    bar[..., 18:22, :] = 1
+    upright = tilt_batch(bar, torch.tensor([90.0]))[0, 0]
+    assert float(upright[20].sum()) == pytest.approx(4.0, abs=0.05) and float(upright[:, 30].sum()) > 30
+    # volumes: each slice along the first spatial axis turned alike
+    vol = torch.rand(1, 1, 3, 32, 32)
+    assert torch.allclose(tilt_batch(vol, torch.tensor([30.0]))[:, :, 1], tilt_batch(vol[:, :, 1], torch.tensor([30.0])),
+                          atol=1e-5)

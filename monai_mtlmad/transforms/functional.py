@@ -32,6 +32,7 @@ __all__ = [
     "pose_table",
     "apply_pose",
     "invert_pose",
+    "tilt_batch",
     "normalised_grid",
     "smooth_noise",
     "warp",
@@ -324,6 +325,31 @@ def apply_pose(x: torch.Tensor, pose_ids: torch.Tensor, table) -> torch.Tensor:
 def invert_pose(x: torch.Tensor, pose_ids: torch.Tensor, table) -> torch.Tensor:
     """Undo :func:`apply_pose`."""
     return _apply_poses(x, pose_ids, table, inverse=True)
+
+
+def tilt_batch(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate sample ``b`` of ``x (B, C, *spatial)`` by ``degrees[b]`` in the plane of its last two spatial axes
+    (bilinear), and keep only the disc (cylinder in 3D) inscribed in that plane, so that neither the corners the
+    rotation brings in nor the corners it cuts off tell the angle.
+
+    Rotations are in pixel units (a non-square plane is not sheared); zeros fill what comes from outside.
+    """
+    b, dims, dev = x.shape[0], x.ndim - 2, x.device
+    h, w = x.shape[-2:]
+    rad = torch.deg2rad(degrees.to(dev, torch.float32))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    theta = torch.zeros(b, dims, dims + 1, device=dev)
+    theta[:, range(dims), range(dims)] = 1.0
+    # affine_grid's first two coordinates are the last two axes (x: width, y: height) in [-1, 1]; scale to pixels,
+    # rotate, scale back
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False).to(x.dtype)
+    yy = (torch.arange(h, device=dev) - (h - 1) / 2) ** 2
+    xx = (torch.arange(w, device=dev) - (w - 1) / 2) ** 2
+    disc = (yy[:, None] + xx[None, :]) <= (min(h, w) / 2) ** 2
+    return out * disc.to(out.dtype)
 
 
 # ------------------------------------------------------------------------------------------- pseudo-anomalies
