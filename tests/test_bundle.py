@@ -17,6 +17,7 @@ import pytest
 
 from monai_mtlmad.data import DEMO_AFFINE, make_demo_dataset
 from monai_mtlmad.safe_io import load_checked
+from monai_mtlmad.tasks import DEFAULT_TASKS
 
 from helpers import CONFIGS, ROOT, bundle, configs, infer
 
@@ -115,7 +116,8 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     assert set(metrics["per_task"]) == {"inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label"}
     # every calibrated image score is reported, the one in use among them; each dense task's localisation too
     assert set(metrics["image_scores"]) == {"map_quantile", "task_mean", "one_class", "synthetic"}
-    assert metrics["image_scores"]["map_quantile"]["auroc"] == pytest.approx(metrics["image_auroc"])
+    assert metrics["threshold"]["image_score"] == "synthetic"  # the default, see NOTES_session6
+    assert metrics["image_scores"]["synthetic"]["auroc"] == pytest.approx(metrics["image_auroc"])
     assert set(metrics["per_task_pixel_auroc_anomalous"]) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
     # the foreground erosion follows the preset: none for the 2D pictures, the skull rim for 3D MRI
     from monai_mtlmad.scoring import AnomalyScorer
@@ -146,6 +148,7 @@ def test_train_evaluate_infer(tmp_path, dims, size):
            "--num_workers", "0")
     fast = json.loads((fast_run / "metrics.json").read_text())
     assert fast["threshold"]["mode"] == "fast" and set(fast["image_scores"]) == {"map_quantile"}
+    assert fast["threshold"]["image_score"] == "map_quantile"
     assert fast["per_task"] == {} and fast["pixel_auroc"] is not None
     assert set(fast["per_task_pixel_auroc_anomalous"]) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
     fast_rows = list(csv.DictReader(open(fast_run / "scores.csv")))
@@ -253,7 +256,9 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
 
     data = make_demo_dataset(tmp_path / "data", 2, n_train=6, n_valid=4, n_test=4, size=64)
     run = tmp_path / "run"
-    overrides = {"image_size": 48, "preset": "mri", "rim": 0.1}
+    # a task with options: the task list takes {"name": ..., **options} entries beside names
+    tasks = ["inpainting", "jigsaw", {"name": "orientation", "tilt": 10}, "pseudo_anomaly", "pseudo_label"]
+    overrides = {"image_size": 48, "preset": "mri", "rim": 0.1, "task_names": tasks}
     flags = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
     out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
                  "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0", "--batch_size", "2",
@@ -262,6 +267,7 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     state = load_checked(model)
     assert state["preprocessing"]["spatial_size"] == 48 and state["preprocessing"]["preset"] == "mri"
     assert state["scorer"]["rim"] == 0.1 and state["network_config"]["spatial_dims"] == 2
+    assert state["tasks"][2]["tilt"] == 10 and [t["name"] for t in state["tasks"]] == list(DEFAULT_TASKS)
     # model selection: the epoch MONAI reports as best, with the weights MONAI's CheckpointSaver kept for it
     best = int(re.findall(r"Key metric: val_image_auroc best value: \S+ at epoch: (\d+)", out.stdout + out.stderr)[-1])
     assert state["training"]["epoch"] == best and state["training"]["last_epoch"] == 3
