@@ -45,7 +45,7 @@ def main() -> None:
                    "now": AnomalyScorer(learner.net, learner.tasks, rim=args.rim).fit(calib)}
     for name, scorer in scorers.items():
         res = scorer.score(images)
-        for kind, score in (("map q99", res.score), ("task mean", res.image_scores["task_mean"])):
+        for kind, score in (("map q99", res.image_scores["map_quantile"]), ("task mean", res.image_scores["task_mean"])):
             m = compute_anomaly_metrics(score, labels, res.map, masks, images, res.foreground)
             figures = ", ".join(f"{k} {m[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_auroc_anomalous"))
             print(f"{name:7s} {kind:10s} {figures}")

@@ -104,7 +104,7 @@ def main() -> None:
         t0 = time.time()
         res = scorer.score(images)
         score_s = time.time() - t0
-        record(f"MTL-{tag} fused (map q99)", res.score, res.map)
+        record(f"MTL-{tag} fused (map q99)", res.image_scores["map_quantile"], res.map)
         record(f"MTL-{tag} fused (task mean)", res.image_scores["task_mean"], res.map)
         if moe:
             for name, s in res.task_scores.items():

@@ -131,7 +131,7 @@ def test_dicom_series_folders_and_repeated_file_names(model_2d, model_3d, tmp_pa
     assert len(list((tmp_path / "maps2d").rglob("*_map.npy"))) == 3
 
 
-@pytest.mark.parametrize("image_score", ["map_quantile", "task_mean"])
+@pytest.mark.parametrize("image_score", ["synthetic", "map_quantile", "task_mean"])
 def test_false_positive_rate_on_new_normals_is_the_nominal_one(model_2d, image_score):
     _, trained = model_2d
     scorer = AnomalyScorer(trained.net, trained.tasks, fpr=0.1, image_score=image_score)

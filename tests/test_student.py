@@ -71,7 +71,7 @@ def test_student_calibration_is_its_own(distilled):
         assert scorer.mode == "fast"
     finally:
         scorer.use_fast(False)
-    assert scorer.threshold == scorer.thresholds["map_quantile"] and scorer.mode == "full"
+    assert scorer.threshold == scorer.thresholds[scorer.image_score] and scorer.mode == "full"
     assert student.training["steps"] == 150 and student.training["pool_images"] == 16 * 4  # each with 3 anomalous copies
     check = student.training["synthetic_check"]  # teacher and student where neither trained
     assert set(check) == {"teacher_image_auroc", "student_image_auroc", "teacher_pixel_auroc", "student_pixel_auroc"}
@@ -89,10 +89,11 @@ def test_fast_mode_in_the_model_file(distilled):
     torch.testing.assert_close(again.map, expected.map)
     torch.testing.assert_close(again.p_value, expected.p_value)
     assert load_detector(folder / "with_student.pt", fast=False).mode == "full"
-    # another image score decides in the full mode; asking for the fast mode with it is refused
-    assert load_detector(folder / "with_student.pt", image_score="task_mean").mode == "full"
-    with pytest.raises(ValueError, match="with_student.pt.*decides by 'map_quantile'"):
-        load_detector(folder / "with_student.pt", image_score="task_mean", fast=True)
+    # the fast mode decides by its own map quantile whatever image score the full mode uses
+    chosen = load_detector(folder / "with_student.pt", image_score="task_mean")
+    assert chosen.mode == "fast" and chosen.deciding_score == "map_quantile" and chosen.threshold == scorer.student.threshold
+    full = load_detector(folder / "with_student.pt", image_score="task_mean", fast=False)
+    assert full.deciding_score == "task_mean" and full.threshold == full.thresholds["task_mean"]
     # a file without a student scores in the full mode, and says so when the fast mode is asked for
     assert load_detector(folder / "teacher.pt").mode == "full"
     with pytest.raises(ValueError, match="teacher.pt.*holds no fast mode"):

@@ -146,8 +146,8 @@ def load_detector(
     refused; ``image_size``, ``preset``, ``rim`` or ``spacing`` that differ are applied with a warning, since the
     calibration (threshold, p-values) no longer holds for images preprocessed differently. ``image_score`` picks
     another of the calibrated image scores to decide (each has its own threshold and p-values in the file).
-    ``fast``: score with the distilled single-pass student (True), with every task view (False), or (None) with the
-    student whenever the file holds one and the image score is ``map_quantile``.
+    ``fast``: score with the distilled single-pass student (True; it decides by its fused map's quantile), with
+    every task view (False), or (None) with the student whenever the file holds one.
 
     Raises:
         ValueError: naming the file and the contradicting setting.
@@ -170,7 +170,7 @@ def load_detector(
         scorer.image_score = image_score
     fast = as_flag(fast, "fast")
     if fast is None:
-        fast = scorer.student is not None and scorer.image_score == "map_quantile"
+        fast = scorer.student is not None
     try:
         scorer.use_fast(bool(fast))
     except ValueError as e:

@@ -115,7 +115,7 @@ class StudyScorer:
                 "anomalous": bool(scores.anomalous[0]),
                 "threshold": det.threshold,
                 "nominal_fpr": det.fpr,
-                "image_score": det.image_score,
+                "image_score": det.deciding_score,
                 "mode": det.mode,
                 "pixel_threshold": threshold,
                 "anomalous_voxels": int(segmentation.sum()),

@@ -302,7 +302,7 @@ class AnomalyReportWriter:
             rate = lambda sel: float(flagged[sel].float().mean()) if bool(sel.any()) else None  # noqa: E731
             metrics["threshold"] = {
                 "mode": scorer.mode,
-                "image_score": scorer.image_score,
+                "image_score": scorer.deciding_score,
                 "value": scorer.threshold,
                 "nominal_fpr": scorer.fpr,
                 "measured_fpr": rate(labels == 0),
