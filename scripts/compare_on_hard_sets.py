@@ -63,11 +63,16 @@ def recalibrate(model: Path, data: Path, out: Path, map_weights: str, seed: int)
     scorer.save(out)
 
 
-def training_seconds(model: Path) -> float | None:
-    """The training time the bundle recorded in the model file."""
-    from monai_mtlmad.scoring import AnomalyScorer
+def independent_test_set(root: Path, dataset: str, n: int) -> Path:
+    """Where ``--test_images n`` keeps its independent test set of a dataset."""
+    return root / "data" / f"{dataset}_test{n}"
 
-    return AnomalyScorer.load(model).training.get("training_seconds")
+
+def training_seconds(model: Path) -> float | None:
+    """The training time the bundle recorded in the model file (read without rebuilding the learner)."""
+    from monai_mtlmad.safe_io import load_checked
+
+    return load_checked(model)["training"].get("training_seconds")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -143,9 +148,9 @@ def main() -> None:
         if not data.exists():
             make_demo_dataset(data, 2, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, size=args.size,
                               seed=100, anatomy=dataset, hard=True)
-        if args.test_images and not (root / "data" / f"{dataset}_test{args.test_images}").exists():
-            make_demo_dataset(root / "data" / f"{dataset}_test{args.test_images}", 2, n_train=8, n_valid=8,
-                              n_test=args.test_images, size=args.size, seed=200, anatomy=dataset, hard=True)
+        if args.test_images and not (test_data := independent_test_set(root, dataset, args.test_images)).exists():
+            make_demo_dataset(test_data, 2, n_train=8, n_valid=8, n_test=args.test_images, size=args.size, seed=200,
+                              anatomy=dataset, hard=True)
     for seed in args.seeds:  # seeds outermost: a run cut short still covers every dataset and variant
         for dataset in args.datasets:
             data = root / "data" / dataset
@@ -166,11 +171,11 @@ def main() -> None:
                 trained = training_seconds(model)
                 if "synthetic" in wanted and (args.retrain or not (out / "models" / "model_synthetic.pt").is_file()):
                     recalibrate(model, data, out / "models" / "model_synthetic.pt", "synthetic", seed)
-                test_data = root / "data" / f"{dataset}_test{args.test_images}" if args.test_images else data
+                test_data = independent_test_set(root, dataset, args.test_images) if args.test_images else data
+                suffix = f"_test{args.test_images}" if args.test_images else ""
                 paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": model}
                 for weights in wanted:
-                    evaluation = out / f"eval_{weights.replace(', ', '_').replace(' ', '_')}"
-                    evaluation = evaluation.with_name(evaluation.name + f"_test{args.test_images}") if args.test_images else evaluation
+                    evaluation = out / f"eval_{weights.replace(', ', '_').replace(' ', '_')}{suffix}"
                     bundle("evaluate.json", "--dataset_dir", str(test_data), "--model_path", str(paths[weights]),
                            "--output_dir", str(evaluation), "--fast", str(weights.endswith("fast mode")).lower())
                     metrics = json.loads((evaluation / "metrics.json").read_text())
