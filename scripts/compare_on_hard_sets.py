@@ -3,8 +3,9 @@
 For each harder set (non-skull-stripped heads, chest CT; see ``monai_mtlmad.data.make_demo_dataset(hard=True)``),
 each task-list variant and each seed: train with ``bundle/configs/train.json`` (as a user would), then evaluate the
 exported model with ``bundle/configs/evaluate.json``: in the full mode as exported (map weights equal), in the fast
-mode (the single-pass student the bundle distils, ``--fast_steps``; first task list only) and, in the full mode,
-recalibrated with ``map_weights="synthetic"`` on the same calibration split. Every metrics.json reports all image scores
+mode (the single-pass student that ``bundle/configs/distill.json`` adds to a copy of the model file, ``--fast_steps``;
+first task list only) and, in the full mode, recalibrated with ``map_weights="synthetic"`` on the same calibration
+split (and, with ``--synthetic_copies K``, with K lesioned copies of each calibration normal). Every metrics.json reports all image scores
 (map quantile, task mean, one-class, synthetic weights), each task's image AUROC and pixel AUROC inside anomalous
 images, and the trivial baselines. Writes ``results.json`` and ``results.md`` (mean +- std over seeds) under --root.
 
@@ -43,8 +44,9 @@ def bundle(config: str, *args: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
 
 
-def recalibrate(model: Path, data: Path, out: Path, map_weights: str, seed: int) -> None:
-    """Refit the exported model's scorer with other map weights on the calibration split training used."""
+def recalibrate(model: Path, data: Path, out: Path, seed: int, **settings) -> None:
+    """Refit the exported model's scorer with other scorer ``settings`` (e.g. ``map_weights``) on the calibration
+    split training used."""
     from monai.data import DataLoader, Dataset
 
     from monai_mtlmad.apps.bundle import calibration_split
@@ -58,7 +60,8 @@ def recalibrate(model: Path, data: Path, out: Path, map_weights: str, seed: int)
     _, items = calibration_split(train, valid, 100, 0.2, seed)  # as train.json splits (same seed)
     det, _ = scorer.preprocessing(with_mask=False)
     loader = DataLoader(Dataset([{"image": d["image"]} for d in items], det), batch_size=8)
-    scorer.map_weights = map_weights
+    for key, value in settings.items():
+        setattr(scorer, key, value)
     scorer.fit(loader)
     scorer.save(out)
 
@@ -134,6 +137,8 @@ def main() -> None:
     p.add_argument("--fast_steps", type=int, default=1000, help="the fast mode's distillation (0: no fast mode)")
     p.add_argument("--test_images", type=int, default=0,
                    help="evaluate on an independent set of this many test images (0: the training set's own 48)")
+    p.add_argument("--synthetic_copies", type=int, default=1,
+                   help="above 1: also recalibrate with this many lesioned copies of each calibration normal")
     p.add_argument("--retrain", action="store_true", help="train even where --root holds a model already")
     args = p.parse_args()
 
@@ -157,6 +162,8 @@ def main() -> None:
             for variant in args.variants:
                 fast = args.fast_steps > 0 and variant == args.variants[0]
                 wanted = list(args.map_weights) + (["equal, fast mode"] if fast else [])
+                if args.synthetic_copies > 1:
+                    wanted.append(f"equal, {args.synthetic_copies} synthetic copies")
                 if all((dataset, variant, seed, w, args.test_images) in done for w in wanted):
                     continue
                 out = root / "runs" / dataset / variant.replace(", ", "_").replace(" ", "_").replace("+", "plus") / f"seed{seed}"
@@ -167,14 +174,25 @@ def main() -> None:
                     bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs",
                            str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
                            "--image_size", str(args.size), "--rim", str(RIM[dataset]), "--task_names", tasks,
-                           "--fast_steps", str(args.fast_steps if fast else 0), "--overwrite", "true")
+                           "--overwrite", "true")
                 trained = training_seconds(model)
+                fast_model = out / "models" / "model_fast.pt"
+                if fast and (args.retrain or not fast_model.is_file()):
+                    bundle("distill.json", "--dataset_dir", str(data), "--model_path", str(model), "--output_path",
+                           str(fast_model), "--fast_steps", str(args.fast_steps), "--seed", str(seed))
                 if "synthetic" in wanted and (args.retrain or not (out / "models" / "model_synthetic.pt").is_file()):
-                    recalibrate(model, data, out / "models" / "model_synthetic.pt", "synthetic", seed)
+                    recalibrate(model, data, out / "models" / "model_synthetic.pt", seed, map_weights="synthetic")
+                copies = f"equal, {args.synthetic_copies} synthetic copies"
+                copies_model = out / "models" / f"model_copies{args.synthetic_copies}.pt"
+                if copies in wanted and (args.retrain or not copies_model.is_file()):
+                    recalibrate(model, data, copies_model, seed, synthetic_copies=args.synthetic_copies)
                 test_data = independent_test_set(root, dataset, args.test_images) if args.test_images else data
                 suffix = f"_test{args.test_images}" if args.test_images else ""
-                paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": model}
+                paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": fast_model,
+                         copies: copies_model}
                 for weights in wanted:
+                    if (dataset, variant, seed, weights, args.test_images) in done and not args.retrain:
+                        continue
                     evaluation = out / f"eval_{weights.replace(', ', '_').replace(' ', '_')}{suffix}"
                     bundle("evaluate.json", "--dataset_dir", str(test_data), "--model_path", str(paths[weights]),
                            "--output_dir", str(evaluation), "--fast", str(weights.endswith("fast mode")).lower())

@@ -141,22 +141,24 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     # the model file says how long the learner trained: 2 epochs of 5 images in batches of 2 (last one dropped)
     assert metrics["model"]["training_steps"] == 2 * 2 and metrics["model"]["training_seconds"] > 0
     assert len(list((run / "overlays").glob("*.png"))) >= 2
-    # by default evaluation scores as inference does: with the fast mode the model file holds
+    # evaluation and inference in the fast mode the model file holds (their default when its synthetic check kept
+    # the full mode's quality, which 10 distillation steps need not: test_student checks that choice)
     fast_run = tmp_path / "fast"
     bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
            "--dataset_dir", str(data), "--output_dir", str(fast_run), "--model_path", str(run / "models" / "model.pt"),
-           "--num_workers", "0")
+           "--num_workers", "0", "--fast", "true")
     fast = json.loads((fast_run / "metrics.json").read_text())
-    assert fast["threshold"]["mode"] == "fast" and set(fast["image_scores"]) == {"map_quantile"}
-    assert fast["threshold"]["image_score"] == "map_quantile"
-    assert fast["per_task"] == {} and fast["pixel_auroc"] is not None
+    # it predicts every task's error, so it reports the full mode's image scores and decides by the same one
+    assert fast["threshold"]["mode"] == "fast" and set(fast["image_scores"]) == set(metrics["image_scores"])
+    assert fast["threshold"]["image_score"] == metrics["threshold"]["image_score"] == "synthetic"
+    assert set(fast["per_task"]) == set(metrics["per_task"]) and fast["pixel_auroc"] is not None
     assert set(fast["per_task_pixel_auroc_anomalous"]) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
     fast_rows = list(csv.DictReader(open(fast_run / "scores.csv")))
     assert all((float(r["score"]) >= fast["threshold"]["value"]) == (r["anomalous"] == "yes") for r in fast_rows)
     assert fast["threshold"]["value"] != pytest.approx(metrics["threshold"]["value"])  # its own calibration
     out = tmp_path / "inference"
     src = data / "test" / "Ungood" / "img"
-    infer(src, out, run / "models" / "model.pt")
+    infer(src, out, run / "models" / "model.pt", "--fast", "true")
     scores = list(csv.DictReader(open(out / "scores.csv")))
     assert len(scores) == 2 and all(r["anomalous"] in ("yes", "no") for r in scores)
     by_file = {r["file"]: r for r in fast_rows}
@@ -316,6 +318,25 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     assert chosen["image_auroc"] == pytest.approx(chosen["image_scores"]["one_class"]["auroc"])
     refused = bundle(*evaluate, "--output_dir", str(tmp_path / "bogus"), "--image_score", "bogus", check=False)
     assert refused.returncode != 0 and "'bogus' is not calibrated" in refused.stdout + refused.stderr
+
+    # distill.json adds a fast mode to the trained model, on the split training used (other split settings are
+    # refused, naming the file); evaluation then scores with it and decides by the same image score
+    distill = ("run", "--config_file", str(CONFIGS / "distill.json"), "--bundle_root", str(ROOT / "bundle"),
+               "--dataset_dir", str(data), "--model_path", str(model), "--fast_steps", "5")
+    wrong = bundle(*distill, "--calibration_images", "1", "--output_path", str(tmp_path / "x.pt"), check=False)
+    assert wrong.returncode != 0 and "model.pt: calibrated on" in wrong.stdout + wrong.stderr
+    assert not (tmp_path / "x.pt").exists()
+    bundle(*distill, "--output_path", str(tmp_path / "fast.pt"))
+    assert load_checked(model)["student"] is None  # the original is left as it was
+    fast_state = load_checked(tmp_path / "fast.pt")
+    assert fast_state["student"]["training"]["steps"] == 5
+    torch.testing.assert_close(fast_state["network"], state["network"])
+    bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
+           "--dataset_dir", str(data), "--model_path", str(tmp_path / "fast.pt"), "--num_workers", "0",
+           "--output_dir", str(tmp_path / "fast_eval"), "--fast", "true")
+    fast = json.loads((tmp_path / "fast_eval" / "metrics.json").read_text())
+    assert fast["threshold"]["mode"] == "fast" and fast["threshold"]["image_score"] == metrics["threshold"]["image_score"]
+    assert fast["threshold"]["value"] == pytest.approx(fast_state["student"]["thresholds"][fast["threshold"]["image_score"]])
 
 
 def test_calibration_split_holds_out_training_normals_only_when_valid_has_few():

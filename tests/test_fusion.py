@@ -60,12 +60,12 @@ def discs(n, seed, size=48):
     return (disc * (0.5 + 0.05 * smooth_noise(n, (size, size), 10, g))).clamp(0, 1)
 
 
-def scorer(map_weights, image_score="map_quantile"):
+def scorer(map_weights, image_score="map_quantile", **settings):
     from monai_mtlmad.tasks import create_tasks
 
     tasks = create_tasks(["test_deviation", "test_noise"], 2)
     net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(4, 8), strides=(2, 2))
-    return AnomalyScorer(net, tasks, map_weights=map_weights, image_score=image_score)
+    return AnomalyScorer(net, tasks, map_weights=map_weights, image_score=image_score, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,19 @@ def test_ledoit_wolf_matches_scikit_learn():
 def test_auroc_weights_ignore_evidence_at_chance():
     assert auroc_weights({"a": 0.9, "b": 0.5, "c": 0.3}) == {"a": 1.0, "b": 0.0, "c": 0.0}
     assert auroc_weights({"a": 0.5, "b": 0.4}) == {"a": 0.5, "b": 0.5}
+
+
+def test_more_synthetic_copies_steady_the_feature_weights():
+    """Lesioned copies of each calibration normal: K copies give K times the synthetic anomalies, and the AUROCs that
+    weigh the features vary less from one draw of lesions (seed) to the next."""
+    normals = discs(30, seed=1)
+    spread = {}
+    for copies in (1, 6):
+        aurocs = []
+        for seed in range(5):
+            s = scorer("equal", image_score="synthetic", synthetic_copies=copies).fit(normals, seed=seed)
+            assert s.selection["lesioned_images"] == copies * 30 and s.selection["images"] == 30
+            aurocs.append([s.selection["image_auroc"][n] for n in s.feature_names])
+        spread[copies] = float(torch.tensor(aurocs).std(0).mean())
+    assert spread[6] < 0.7 * spread[1], spread
+    assert AnomalyScorer.load_state_dict(scorer("equal"), s.state_dict()).synthetic_copies == 6  # kept in the file

@@ -51,30 +51,64 @@ def test_student_reproduces_the_teachers_maps_on_unseen_lesions(distilled):
     scorer.student = kept
     c0 = float(torch.corrcoef(torch.stack([a, untrained.fuse(untrained.maps(images), fg)[1][fg]]))[0, 1])
     assert corr > c0 + 0.3, (corr, c0)
-    # one map per dense task, in the full mode's units, and no per-task image scores or routing in one pass
+    # one map per dense task, in the full mode's units, every task's error and image score, and no routing in one pass
     assert set(fast.task_maps) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
-    assert fast.task_scores == {} and fast.expert_usage == {} and set(fast.image_scores) == {"map_quantile"}
+    assert set(fast.task_scores) == set(full.task_scores) and fast.expert_usage == {}
+    assert set(fast.image_scores) == set(full.image_scores) == {"map_quantile", "task_mean", "one_class", "synthetic"}
     assert fast.map.shape == full.map.shape == (6, 1, 32, 32)
+
+
+def test_student_predicts_the_teachers_task_errors(distilled):
+    """The task errors (orientation's is no map) come out of the one pass following the teacher's across images
+    neither trained on (per-task correlation); an untrained student's do not."""
+    _, scorer, _ = distilled
+    images, _ = insert_lesions(*head_phantoms(8, (32, 32), seed=9, return_brain=True), seed=9)
+    images = torch.cat([torch.from_numpy(images), torch.from_numpy(head_phantoms(8, (32, 32), seed=10))])
+    full, fast = _fused(scorer, images, False), _fused(scorer, images, True)
+    teacher = torch.stack([full.task_scores[n] for n in scorer.student.score_tasks]).cpu()
+    student = torch.stack([fast.task_scores[n] for n in scorer.student.score_tasks]).cpu()
+    kept = scorer.student
+    untrained = distill_student(scorer, [images], [images], steps=0)
+    scorer.student = kept
+    fg = full.foreground
+    blank = torch.stack([untrained.evidence(images, fg)[0][n] for n in untrained.score_tasks]).cpu()
+
+    def correlation(pred):
+        return sum(float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(pred, teacher)) / len(teacher)
+
+    learned, chance = correlation(student), correlation(blank)
+    assert learned > 0.5 and learned > chance + 0.4, (learned, chance)  # measured 0.75 against -0.56
 
 
 def test_student_calibration_is_its_own(distilled):
     _, scorer, calibration = distilled
     student = scorer.student
-    # thresholds and p-values come from the student's scores of the calibration normals, not the teacher's
-    scores = _fused(scorer, calibration, True).score.cpu()
-    torch.testing.assert_close(student.normal_scores, torch.sort(scores).values)
-    assert student.threshold == pytest.approx(float(torch.quantile(scores, 1 - scorer.fpr)))
-    assert student.threshold != pytest.approx(scorer.thresholds["map_quantile"])
+    # thresholds and p-values come from the student's scores of the calibration normals, not the teacher's; the
+    # one-class score is cross-fitted (no normal scores against a model fitted on itself), the others are not
+    out = _fused(scorer, calibration, True)
+    for name in ("map_quantile", "task_mean", "synthetic"):
+        scores = out.image_scores[name].cpu()
+        torch.testing.assert_close(student.normal_scores[name], torch.sort(scores).values)
+        assert student.thresholds[name] == pytest.approx(float(torch.quantile(scores, 1 - scorer.fpr)))
+        assert student.thresholds[name] != pytest.approx(scorer.thresholds[name])
+    in_sample = torch.sort(out.image_scores["one_class"].cpu()).values
+    assert not torch.allclose(student.normal_scores["one_class"], in_sample)
+    # its synthetic-lesion weights are chosen on its own features
+    assert set(student.feature_weights) == set(scorer.feature_weights)
+    assert student.feature_weights != pytest.approx(scorer.feature_weights)
     scorer.use_fast(True)
     try:
-        assert scorer.threshold == student.threshold and scorer.map_threshold == student.pixel_threshold
+        assert scorer.deciding_score == scorer.image_score == "synthetic"
+        assert scorer.threshold == student.thresholds["synthetic"] and scorer.map_threshold == student.pixel_threshold
         assert scorer.mode == "fast"
     finally:
         scorer.use_fast(False)
     assert scorer.threshold == scorer.thresholds[scorer.image_score] and scorer.mode == "full"
     assert student.training["steps"] == 150 and student.training["pool_images"] == 16 * 4  # each with 3 anomalous copies
     check = student.training["synthetic_check"]  # teacher and student where neither trained
-    assert set(check) == {"teacher_image_auroc", "student_image_auroc", "teacher_pixel_auroc", "student_pixel_auroc"}
+    assert set(check) == {"teacher_image_auroc", "student_image_auroc", "teacher_pixel_auroc", "student_pixel_auroc",
+                          "teacher_image_score", "student_image_score"}
+    assert check["teacher_image_score"] == check["student_image_score"] == "synthetic"
     assert student.calibration["images"] == 8
 
 
@@ -82,16 +116,16 @@ def test_fast_mode_in_the_model_file(distilled):
     folder, scorer, calibration = distilled
     images = calibration[:3]
     expected = _fused(scorer, images, True)
-    # load_detector scores in the fast mode whenever the file holds one and the image score is the map quantile
-    loaded = load_detector(folder / "with_student.pt")
+    loaded = load_detector(folder / "with_student.pt", fast=True)
     assert loaded.mode == "fast"
     again = loaded.score(images)
     torch.testing.assert_close(again.map, expected.map)
     torch.testing.assert_close(again.p_value, expected.p_value)
     assert load_detector(folder / "with_student.pt", fast=False).mode == "full"
-    # the fast mode decides by its own map quantile whatever image score the full mode uses
-    chosen = load_detector(folder / "with_student.pt", image_score="task_mean")
-    assert chosen.mode == "fast" and chosen.deciding_score == "map_quantile" and chosen.threshold == scorer.student.threshold
+    # the fast mode decides by the image score the full mode uses, with its own threshold
+    chosen = load_detector(folder / "with_student.pt", image_score="task_mean", fast=True)
+    assert chosen.mode == "fast" and chosen.deciding_score == "task_mean"
+    assert chosen.threshold == scorer.student.thresholds["task_mean"]
     full = load_detector(folder / "with_student.pt", image_score="task_mean", fast=False)
     assert full.deciding_score == "task_mean" and full.threshold == full.thresholds["task_mean"]
     # a file without a student scores in the full mode, and says so when the fast mode is asked for
@@ -106,7 +140,7 @@ def test_student_scores_images_of_other_sizes(distilled):
     _, scorer, _ = distilled
     student = scorer.student
     odd = torch.from_numpy(head_phantoms(2, (30, 36), seed=3))
-    assert student.predict(odd).shape == (2, 4, 30, 36)
+    assert student.predict(odd).shape == (2, 4 + 5, 30, 36)  # four task maps, five task errors
     student.roi_size = (32, 32)
     try:
         big = torch.from_numpy(head_phantoms(1, (64, 48), seed=3))
@@ -119,3 +153,39 @@ def test_student_scores_images_of_other_sizes(distilled):
     score, fused = student.fuse(student.maps(odd), fg)
     assert score.shape == (2,) and bool((fused[~fg] <= fused[fg].min()).all())
     assert np.isfinite(score.numpy()).all()
+
+
+def test_maps_only_student_decides_by_its_map_quantile(distilled, tmp_path):
+    """A student without task errors (``task_errors=False``, as every student before them) has the fused map's
+    quantile only, and the fast mode decides by it whatever the full mode's image score; its file loads as such."""
+    _, scorer, calibration = distilled
+    kept = scorer.student
+    try:
+        train = torch.from_numpy(head_phantoms(8, (32, 32), seed=1))
+        maps_only = distill_student(scorer, [train], [calibration], steps=5, task_errors=False)
+        assert maps_only.score_tasks == [] and set(maps_only.thresholds) == {"map_quantile"}
+        scorer.save(tmp_path / "maps_only.pt")
+    finally:
+        scorer.student = kept
+    loaded = load_detector(tmp_path / "maps_only.pt")
+    assert loaded.mode == "fast" and loaded.image_score == "synthetic" and loaded.deciding_score == "map_quantile"
+    out = loaded.score(calibration[:2])
+    assert set(out.image_scores) == {"map_quantile"} and out.task_scores == {}
+    assert loaded.threshold == maps_only.thresholds["map_quantile"]
+
+
+@pytest.mark.parametrize("student_auroc, mode", [(0.79, "fast"), (0.70, "full")])
+def test_fast_mode_is_the_default_only_where_it_kept_the_quality(distilled, tmp_path, caplog, student_auroc, mode):
+    """load_detector's default scores in the fast mode when the distillation's synthetic check found the student's
+    image AUROC within FAST_MODE_TOLERANCE of the teacher's, and otherwise in the full mode, saying why."""
+    from monai_mtlmad.safe_io import load_checked, save_checked
+
+    folder, _, _ = distilled
+    state = load_checked(folder / "with_student.pt")
+    state["student"]["training"]["synthetic_check"].update(teacher_image_auroc=0.80, student_image_auroc=student_auroc)
+    save_checked(state, tmp_path / "model.pt")
+    with caplog.at_level("WARNING"):
+        loaded = load_detector(tmp_path / "model.pt")
+    assert loaded.mode == mode and loaded.student is not None
+    assert ("separated synthetic lesions less well" in caplog.text) == (mode == "full")
+    assert load_detector(tmp_path / "model.pt", fast=True).mode == "fast"  # asked for, it is used anyway

@@ -20,7 +20,7 @@ from monai_mtlmad.safe_io import keep_previous, verify_checksum
 
 __all__ = [
     "latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector", "guard_training_output",
-    "as_flag",
+    "as_flag", "add_fast_mode",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,9 @@ def load_detector(
     refused; ``image_size``, ``preset``, ``rim`` or ``spacing`` that differ are applied with a warning, since the
     calibration (threshold, p-values) no longer holds for images preprocessed differently. ``image_score`` picks
     another of the calibrated image scores to decide (each has its own threshold and p-values in the file).
-    ``fast``: score with the distilled single-pass student (True; it decides by its fused map's quantile), with
-    every task view (False), or (None) with the student whenever the file holds one.
+    ``fast``: score with the distilled single-pass student (True), with every task view (False), or (None) with the
+    student whenever the file holds one that kept the full mode's quality on the distillation's synthetic check
+    (:meth:`~monai_mtlmad.scoring.student.DistilledStudent.keeps_quality`), else in the full mode, with a warning.
 
     Raises:
         ValueError: naming the file and the contradicting setting.
@@ -170,7 +171,14 @@ def load_detector(
         scorer.image_score = image_score
     fast = as_flag(fast, "fast")
     if fast is None:
-        fast = scorer.student is not None
+        fast = scorer.student is not None and scorer.student.keeps_quality()
+        if scorer.student is not None and not fast:
+            check = scorer.student.training["synthetic_check"]
+            logger.warning(
+                f"{model_path}: its fast mode separated synthetic lesions less well than the full mode when it was "
+                f"distilled (image AUROC {check['student_image_auroc']:.3f} against {check['teacher_image_auroc']:.3f}), "
+                "so scoring is in the full mode (--fast true uses the fast mode anyway)."
+            )
     try:
         scorer.use_fast(bool(fast))
     except ValueError as e:
@@ -200,6 +208,64 @@ def load_detector(
                 scorer.rim = float(new)
             else:
                 config[key] = new
+    return scorer
+
+
+def add_fast_mode(
+    model_path: str | Path,
+    dataset_dir: str | Path,
+    bmad_dataset: str | None = None,
+    steps: int = 1000,
+    calibration_images: int = 100,
+    calibration_max_fraction: float = 0.2,
+    seed: int = 0,
+    device=None,
+    output_path: str | Path | None = None,
+    batch_size: int = 8,
+):
+    """Distil the fast scoring mode into a trained model file (or replace the one it holds), without retraining.
+
+    The training and calibration images are split as ``train.json`` split them (:func:`calibration_split` with the
+    same ``calibration_images``, ``calibration_max_fraction`` and ``seed``): the student learns from the training
+    images (with the training augmentations) and calibrates on the calibration normals, which neither network saw.
+
+    Returns:
+        the scorer with its new student, written to ``output_path`` (default: ``model_path``, replaced atomically).
+
+    Raises:
+        ValueError: naming the file, when the split does not give the calibration images the model was calibrated on
+            (another dataset, or other split settings than training used).
+    """
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+
+    from monai_mtlmad.engines.workflows import batch_images
+    from monai_mtlmad.scoring.scorer import AnomalyScorer
+    from monai_mtlmad.scoring.student import distill_student
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    scorer = AnomalyScorer.load(model_path, map_location=device)
+    train = bmad_datalist(dataset_dir, "train", bmad_dataset, check=False)
+    valid = bmad_datalist(dataset_dir, "valid", bmad_dataset, check=False)
+    kept, calibration = calibration_split(train, valid, calibration_images, calibration_max_fraction, seed)
+    if len(calibration) != scorer.calibration.get("images"):
+        raise ValueError(
+            f"{model_path}: calibrated on {scorer.calibration.get('images')} normal images, but {dataset_dir} split with "
+            f"calibration_images={calibration_images}, calibration_max_fraction={calibration_max_fraction}, seed={seed} "
+            f"gives {len(calibration)}: pass the dataset and the settings the model was trained with."
+        )
+    deterministic, random_part = scorer.preprocessing()
+    g = torch.Generator().manual_seed(seed)
+    images = lambda items: [{"image": d["image"]} for d in items]  # noqa: E731 (labels and masks play no part)
+    training = DataLoader(Dataset(images(kept), Compose([deterministic, random_part]).flatten()), batch_size=batch_size,
+                          shuffle=True, generator=g)
+    normals = DataLoader(Dataset(images(calibration), deterministic), batch_size=batch_size)
+    distill_student(scorer, (batch_images(b, "image", device) for b in training),
+                    [batch_images(b, "image", device) for b in normals], steps=steps, seed=seed)
+    out = Path(output_path or model_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scorer.save(out)
+    logger.info(f"{out}: fast mode distilled in {steps} steps ({scorer.student.training['synthetic_check']})")
     return scorer
 
 

@@ -42,7 +42,8 @@ class StudyScorer:
     Args:
         model_path: the self-describing model file (``models/model.pt`` of a bundle run).
         device: where to score; default CUDA when available.
-        fast: as :func:`~monai_mtlmad.apps.bundle.load_detector` (None: the fast mode when the file holds one).
+        fast: as :func:`~monai_mtlmad.apps.bundle.load_detector` (None: the fast mode when the file holds one that
+            kept the full mode's quality).
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device | None = None, fast: bool | None = None):

@@ -25,7 +25,10 @@ from monai.networks.layers import GaussianFilter
 from monai_mtlmad.metrics.functional import roc_auc
 from monai_mtlmad.transforms.functional import irregular_blob_masks, sample_foreground_centres
 
-__all__ = ["insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "auroc_weights", "pixel_auroc"]
+__all__ = [
+    "insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "cross_fitted_one_class", "auroc_weights",
+    "feature_aurocs", "image_scores", "pixel_auroc",
+]
 
 
 def insert_validation_lesions(
@@ -103,6 +106,20 @@ class OneClassGaussian:
         return None if not state else cls(state["mean"], state["std"], state["precision"])
 
 
+def cross_fitted_one_class(features: torch.Tensor, fold_of: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """A :class:`OneClassGaussian` fitted on all ``features (N, D)`` of normals (its state), and each normal's score
+    from the model fitted on the other folds (``fold_of (N,)``, fold indices), so no normal scores against itself."""
+    state = OneClassGaussian().fit(features).state_dict()
+    folds = fold_of.unique()
+    if folds.numel() < 2:
+        return state, OneClassGaussian.from_state(state).score(features)
+    scores = torch.empty(features.shape[0])
+    for k in folds.tolist():
+        sel = fold_of == k
+        scores[sel] = OneClassGaussian().fit(features[~sel]).score(features[sel])
+    return state, scores
+
+
 def auroc_weights(aurocs: Mapping[str, float], power: float = 2.0) -> dict[str, float]:
     """Weights ``max(AUROC - 0.5, 0) ** power``, normalised to sum 1: evidence no better than chance gets none. All
     at chance (nothing separates the synthetic anomalies): equal weights."""
@@ -111,6 +128,38 @@ def auroc_weights(aurocs: Mapping[str, float], power: float = 2.0) -> dict[str, 
     if total <= 0:
         return {k: 1.0 / len(aurocs) for k in aurocs}
     return {k: v / total for k, v in raw.items()}
+
+
+def feature_aurocs(normal: torch.Tensor, lesioned: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """Per feature, the AUROC between the feature vectors ``(N, F)`` of normals and ``(M, F)`` of synthetic
+    anomalies (what :func:`auroc_weights` turns into weights)."""
+    labels = torch.cat([torch.zeros(normal.shape[0]), torch.ones(lesioned.shape[0])])
+    return {name: roc_auc(torch.cat([normal[:, i], lesioned[:, i]]), labels) for i, name in enumerate(names)}
+
+
+def image_scores(
+    features: torch.Tensor,
+    names: list[str],
+    task_weights: Mapping[str, float],
+    feature_weights: Mapping[str, float] | None = None,
+    one_class: Mapping | None = None,
+    one_class_scores: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every image score from feature vectors ``(B, F)`` named ``names`` (task errors, ``task:map`` quantiles,
+    ``fused:map``): ``task_mean`` (``task_weights``-weighted mean of the task errors), ``map_quantile`` (the fused
+    map's quantile; the task mean without maps), ``one_class`` (given scores, or the fitted state's) and
+    ``synthetic`` (``feature_weights``-weighted sum), the last two when fitted."""
+    col = {n: features[:, i] for i, n in enumerate(names)}
+    total = sum(task_weights.values())
+    out = {"task_mean": sum(w * col[n] for n, w in task_weights.items()) / max(total, 1e-12)}
+    out["map_quantile"] = col["fused:map"] if "fused:map" in col else out["task_mean"]
+    if one_class_scores is None and one_class:
+        one_class_scores = OneClassGaussian.from_state(one_class).score(features)
+    if one_class_scores is not None:
+        out["one_class"] = one_class_scores
+    if feature_weights:
+        out["synthetic"] = sum(w * col[n] for n, w in feature_weights.items())
+    return out
 
 
 def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, limit: int = 500_000) -> float:

@@ -36,10 +36,17 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.networks.layers import GaussianFilter
 
-from monai_mtlmad.metrics.functional import f1_max, roc_auc
+from monai_mtlmad.metrics.functional import f1_max
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.safe_io import load_checked, save_checked
-from monai_mtlmad.scoring.fusion import OneClassGaussian, auroc_weights, insert_validation_lesions, pixel_auroc
+from monai_mtlmad.scoring.fusion import (
+    auroc_weights,
+    cross_fitted_one_class,
+    feature_aurocs,
+    image_scores,
+    insert_validation_lesions,
+    pixel_auroc,
+)
 from monai_mtlmad.scoring.student import DistilledStudent
 from monai_mtlmad.transforms.foreground import foreground_mask
 from monai_mtlmad.tasks.base import ProxyTask, create_tasks
@@ -104,6 +111,8 @@ class AnomalyScorer:
             its pixel AUROC on the synthetic lesions, so that a task that does not localise cannot drown one that does).
         synthetic_lesions: at calibration, also score every normal with a synthetic lesion of a family the learner
             never trained on (doubles the calibration time); needed by the ``"synthetic"`` options.
+        synthetic_copies: lesioned copies of each calibration normal (each one more scoring pass over the normals):
+            more copies, less noise in the synthetic-lesion AUROCs that weigh the features.
         rim: foreground erosion as a fraction of the image side (strip skull and scalp on brain MRI).
         fpr: false-positive rate on calibration normals that sets the default threshold.
         pixel_fpr: share of normal foreground pixels above the pixel threshold (anomaly segmentation, map pictures).
@@ -129,6 +138,7 @@ class AnomalyScorer:
         image_score: str | None = None,
         map_weights: str = "equal",
         synthetic_lesions: bool = True,
+        synthetic_copies: int = 1,
         rim: float = 0.0,
         fpr: float = 0.05,
         pixel_fpr: float = 0.01,
@@ -158,6 +168,7 @@ class AnomalyScorer:
         self.sigma, self.quantile, self.image_score, self.rim, self.fpr = sigma, quantile, image_score, rim, fpr
         self.pixel_fpr, self.folds = pixel_fpr, folds
         self.map_weights, self.synthetic_lesions = map_weights, synthetic_lesions
+        self.synthetic_copies = int(synthetic_copies)
         self.roi_size = tuple(roi_size) if roi_size is not None else None
         self.overlap, self.batch_size = overlap, batch_size
         self.preprocessing_config = _preprocessing_config(preprocessing) if preprocessing is not None else None
@@ -252,13 +263,13 @@ class AnomalyScorer:
             seed: assignment of images to folds and the synthetic lesions.
         """
         g = torch.Generator().manual_seed(seed)
-        kept = []  # per batch: (raw, foreground, (raw of the lesioned copies, lesion masks) or None)
+        kept = []  # per batch: (raw, foreground, [(raw of a lesioned copy, lesion masks)] per synthetic copy)
         for images in self._batches(normal_images):
             fg = foreground_mask(images, self.rim)
-            synthetic = None
-            if self.synthetic_lesions:
+            synthetic = []
+            for _ in range(self.synthetic_copies if self.synthetic_lesions else 0):
                 lesioned, masks = insert_validation_lesions(images.detach().float().cpu(), fg.cpu(), g)
-                synthetic = (self.raw(lesioned, foreground=fg), masks.to(self._device()))
+                synthetic.append((self.raw(lesioned, foreground=fg), masks.to(self._device())))
             fg = fg.to(self._device())
             kept.append((self.raw(images, foreground=fg), fg, synthetic))
         n = sum(fg.shape[0] for _, fg, _ in kept)
@@ -289,8 +300,8 @@ class AnomalyScorer:
         for raw, fg, synthetic in kept:
             fold_here = fold_of[offset : offset + fg.shape[0]]
             normal.append((*self._normalise_by_fold(raw, fold_here, fold_stats), fg))
-            if synthetic is not None:
-                lesioned.append((*self._normalise_by_fold(synthetic[0], fold_here, fold_stats), fg, synthetic[1]))
+            for raw_copy, masks in synthetic:
+                lesioned.append((*self._normalise_by_fold(raw_copy, fold_here, fold_stats), fg, masks))
             offset += fg.shape[0]
         self.selection = {}
         if lesioned:
@@ -300,6 +311,7 @@ class AnomalyScorer:
                 for name in lesioned[0][1]
             }
             self.selection["images"] = n
+            self.selection["lesioned_images"] = sum(f.shape[0] for _, _, f, _ in lesioned)
         self.fitted_map_weights = self._map_weights()
         features, pixels = [], []
         for task_scores, task_maps, fg in normal:
@@ -312,19 +324,9 @@ class AnomalyScorer:
         self.feature_weights = {}
         if lesioned:
             synthetic_features = torch.cat([self._features(ts, tm, fg)[0] for ts, tm, fg, _ in lesioned])
-            labels = torch.cat([torch.zeros(n), torch.ones(synthetic_features.shape[0])])
-            aurocs = {
-                name: roc_auc(torch.cat([features[:, i], synthetic_features[:, i]]), labels)
-                for i, name in enumerate(self.feature_names)
-            }
-            self.selection["image_auroc"] = aurocs
-            self.feature_weights = auroc_weights(aurocs)
-        self.one_class = OneClassGaussian().fit(features).state_dict()
-        one_class = torch.empty(n)
-        for k in range(folds):  # the one-class model's own cross-fitting: fitted on the other folds' vectors
-            sel = fold_of == k
-            model = OneClassGaussian().fit(features[~sel]) if folds > 1 else OneClassGaussian.from_state(self.one_class)
-            one_class[sel] = model.score(features[sel])
+            self.selection["image_auroc"] = feature_aurocs(features, synthetic_features, self.feature_names)
+            self.feature_weights = auroc_weights(self.selection["image_auroc"])
+        self.one_class, one_class = cross_fitted_one_class(features, fold_of)
         scores = self._image_scores(features, one_class)
         self.normal_scores = {k: torch.sort(v).values for k, v in scores.items()}
         self.thresholds = {k: float(torch.quantile(v, 1 - self.fpr)) for k, v in self.normal_scores.items()}
@@ -357,10 +359,10 @@ class AnomalyScorer:
 
     @property
     def threshold(self) -> float | None:
-        """The threshold of the image score in use (``image_score``) at ``fpr``, the fast mode's own when ``fast``;
-        None before calibration."""
+        """The threshold of the image score that decides (:attr:`deciding_score`) at ``fpr``, the fast mode's own
+        when ``fast``; None before calibration."""
         if self.fast and self.student is not None:
-            return self.student.threshold
+            return self.student.thresholds.get(self.deciding_score)
         return self.thresholds.get(self.image_score)
 
     @property
@@ -372,8 +374,11 @@ class AnomalyScorer:
 
     @property
     def deciding_score(self) -> str:
-        """The image score that decides in the mode in use: ``image_score``, or ``"map_quantile"`` in the fast mode."""
-        return "map_quantile" if self.fast else self.image_score
+        """The image score that decides in the mode in use: ``image_score``; in the fast mode too when the student
+        was calibrated for it (it predicts every task's error), else its fused map's quantile (``"map_quantile"``)."""
+        if self.fast and self.student is not None and self.image_score not in self.student.thresholds:
+            return "map_quantile"
+        return self.image_score
 
     @property
     def mode(self) -> str:
@@ -383,8 +388,9 @@ class AnomalyScorer:
     def use_fast(self, fast: bool = True) -> AnomalyScorer:
         """Score with the distilled student (one pass per image) or with every task view (``fast=False``).
 
-        The student predicts maps, so the fast mode decides by its fused map's quantile (``map_quantile``, with its
-        own threshold and p-values) whatever ``image_score`` the full mode uses.
+        The student predicts the task maps and errors, so the fast mode computes the same image scores and decides
+        by the same ``image_score``, with its own thresholds and p-values (a student of an earlier version predicts
+        maps only and decides by its fused map's quantile, see :attr:`deciding_score`).
 
         Raises:
             ValueError: no student in this scorer.
@@ -435,37 +441,28 @@ class AnomalyScorer:
         return torch.stack(columns, 1), fused
 
     def _image_scores(self, features: torch.Tensor, one_class: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every image score from the feature vectors ``(B, F)``: ``map_quantile``, ``task_mean``, ``one_class``
-        (when fitted) and ``synthetic`` (when synthetic-lesion weights were fitted)."""
-        names = self.feature_names
-        tasks = [t.name for t in self.tasks]
-        col = {n: features[:, i] for i, n in enumerate(names)}
-        total = sum(self.weights[n] for n in tasks)
-        out = {"task_mean": sum(self.weights[n] * col[n] for n in tasks) / max(total, 1e-12)}
-        out["map_quantile"] = col["fused:map"] if "fused:map" in col else out["task_mean"]
-        if one_class is None and self.one_class:
-            one_class = OneClassGaussian.from_state(self.one_class).score(features)
-        if one_class is not None:
-            out["one_class"] = one_class
-        if self.feature_weights:
-            out["synthetic"] = sum(w * col[n] for n, w in self.feature_weights.items())
-        return out
+        """Every image score from the feature vectors ``(B, F)`` (:func:`~monai_mtlmad.scoring.fusion.image_scores`):
+        ``map_quantile``, ``task_mean``, ``one_class`` (when fitted) and ``synthetic`` (when synthetic-lesion weights
+        were fitted)."""
+        return image_scores(features, self.feature_names, {t.name: self.weights[t.name] for t in self.tasks},
+                            self.feature_weights, self.one_class, one_class)
 
     def score(self, images: torch.Tensor, foreground: torch.Tensor | None = None, batch: Mapping | None = None) -> AnomalyScores:
         """Score ``images (B, C, *spatial)``; ``foreground`` (B, 1, *spatial) overrides the computed mask.
 
         The routing recorded while scoring is reported in the result and kept apart from the network's running
         statistics (a validation run does not wipe a training epoch's routing). In the fast mode (:meth:`use_fast`)
-        one pass of the student gives the dense tasks' maps, the fused map and ``map_quantile``; there are no
-        per-task image scores and no routing then."""
+        one pass of the student gives the dense tasks' maps, the task errors (as it predicts them), the fused map and
+        the image scores; there is no routing then."""
         fg = foreground_mask(images, self.rim) if foreground is None else torch.as_tensor(foreground).bool()
         fg = fg.to(self._device()).reshape(images.shape[0], 1, *images.shape[2:])
         if self.fast:
             self.use_fast()  # checks that it can
-            task_maps = self.student.maps(images)
-            score, fused = self.student.fuse(task_maps, fg)
+            scores, task_scores, task_maps, fused = self.student.score(images, fg)
+            name = self.deciding_score
+            score = scores[name]
             thr = self.threshold if self.threshold is not None else float("inf")
-            return AnomalyScores(score, {"map_quantile": score}, self.student.p_values(score), score >= thr, {}, fused,
+            return AnomalyScores(score, scores, self.student.p_values(score, name), score >= thr, task_scores, fused,
                                  task_maps, fg, {})
         with self.net.separate_usage():
             raw = self.raw(images, batch, foreground=fg)
@@ -502,8 +499,8 @@ class AnomalyScorer:
 
     # ----------------------------------------------------------------------------------------- persistence
     _SETTINGS = (
-        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "rim", "fpr", "pixel_fpr",
-        "folds", "roi_size", "overlap", "batch_size",
+        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "synthetic_copies", "rim",
+        "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size",
     )
     _CALIBRATION = (
         "stats", "normal_scores", "thresholds", "pixel_threshold", "f1_threshold", "calibration", "selection",

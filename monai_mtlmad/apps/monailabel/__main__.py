@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--app", default="mtlmad_monailabel_app", help="the app folder to write")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--fast", default=None, help="true/false; default: the fast mode when the file holds one")
+    s.add_argument("--fast", default=None,
+                   help="true/false; default: the fast mode when the file holds one that kept the full mode's quality")
     s.add_argument("--device", default=None)
     s.add_argument("--train_steps", type=int, default=None)
     s.add_argument("--min_normals", type=int, default=None)

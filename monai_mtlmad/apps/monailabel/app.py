@@ -29,8 +29,8 @@ class MTLMADApp(MONAILabelApp):
     (fine-tunes on the studies confirmed normal, publishes only if not worse). Strategy: ``most_anomalous``.
 
     Conf (``--conf key value`` of ``monailabel start_server``): ``model`` (default ``<app>/model/model.pt``),
-    ``device`` (default CUDA when available), ``fast`` (true/false; default the fast mode when the file holds one),
-    ``train_steps``, ``min_normals``.
+    ``device`` (default CUDA when available), ``fast`` (true/false; default the fast mode when the file holds one
+    that kept the full mode's quality), ``train_steps``, ``min_normals``.
 
     Bad requests are answered with an HTTP error that names the problem (404: no such study; 422: a study the model
     cannot score, e.g. unreadable, or of other dimensions or channels), and the server goes on serving.
