@@ -139,7 +139,8 @@ def main() -> None:
                    help="evaluate on an independent set of this many test images (0: the training set's own 48)")
     p.add_argument("--synthetic_copies", type=int, default=1,
                    help="above 1: also recalibrate with this many lesioned copies of each calibration normal")
-    p.add_argument("--retrain", action="store_true", help="train even where --root holds a model already")
+    p.add_argument("--retrain", action="store_true",
+                   help="train even where --root holds a model already (its earlier rows are dropped)")
     args = p.parse_args()
 
     from monai_mtlmad.data import make_demo_dataset
@@ -164,7 +165,7 @@ def main() -> None:
                 wanted = list(args.map_weights) + (["equal, fast mode"] if fast else [])
                 if args.synthetic_copies > 1:
                     wanted.append(f"equal, {args.synthetic_copies} synthetic copies")
-                if all((dataset, variant, seed, w, args.test_images) in done for w in wanted):
+                if not args.retrain and all((dataset, variant, seed, w, args.test_images) in done for w in wanted):
                     continue
                 out = root / "runs" / dataset / variant.replace(", ", "_").replace(" ", "_").replace("+", "plus") / f"seed{seed}"
                 start = time.time()
@@ -175,6 +176,9 @@ def main() -> None:
                            str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
                            "--image_size", str(args.size), "--rim", str(RIM[dataset]), "--task_names", tasks,
                            "--overwrite", "true")
+                    # the rows of the model just replaced describe another model now
+                    runs = [r for r in runs if (r["dataset"], r["variant"], r["seed"]) != (dataset, variant, seed)]
+                    done = {key for key in done if key[:3] != (dataset, variant, seed)}
                 trained = training_seconds(model)
                 fast_model = out / "models" / "model_fast.pt"
                 if fast and (args.retrain or not fast_model.is_file()):
@@ -191,7 +195,7 @@ def main() -> None:
                 paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": fast_model,
                          copies: copies_model}
                 for weights in wanted:
-                    if (dataset, variant, seed, weights, args.test_images) in done and not args.retrain:
+                    if (dataset, variant, seed, weights, args.test_images) in done:
                         continue
                     evaluation = out / f"eval_{weights.replace(', ', '_').replace(' ', '_')}{suffix}"
                     bundle("evaluate.json", "--dataset_dir", str(test_data), "--model_path", str(paths[weights]),

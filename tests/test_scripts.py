@@ -90,6 +90,12 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]][3:] == [("equal", 6), ("equal, fast mode", 6)]
     assert len(list((tmp_path / "data" / "chest_test6" / "test").rglob("img/*.png"))) == 6
     assert "chest / 5 tasks + denoising / equal / 6 test images" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    # retrained, the model's earlier rows are replaced, not kept beside the new ones
+    subprocess.run(cmd + ["--test_images", "6", "--map_weights", "equal", "--retrain"], check=True, capture_output=True,
+                   timeout=900)
+    assert model.stat().st_mtime_ns != trained
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]] == [("equal", 6), ("equal, fast mode", 6)]
 
 
 def test_quality_benchmark_compares_learner_peers_and_trivial_scores_at_one_budget(tmp_path):
