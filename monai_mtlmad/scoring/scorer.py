@@ -48,7 +48,7 @@ from monai_mtlmad.scoring.fusion import (
     pixel_auroc,
 )
 from monai_mtlmad.scoring.student import DistilledStudent
-from monai_mtlmad.transforms.foreground import foreground_mask
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean
 from monai_mtlmad.tasks.base import ProxyTask, create_tasks
 
 __all__ = ["AnomalyScorer", "AnomalyScores", "foreground_quantile", "upper_quantile", "MODEL_FORMAT", "MIN_CALIBRATION_IMAGES"]
@@ -226,7 +226,7 @@ class AnomalyScorer:
                 err, emap = task.score(self._predict, chunk, extra)
                 if emap is not None and fg is not None:
                     f = fg[start : start + self.batch_size]
-                    err = (emap * f).flatten(1).sum(1) / f.flatten(1).sum(1).clamp_min(1)
+                    err = foreground_mean(emap, f)[:, 0]
                 if emap is not None and smooth is not None:
                     emap = smooth(emap)
                 prev = out.get(task.name)

@@ -41,7 +41,7 @@ from monai_mtlmad.scoring.fusion import (
     insert_validation_lesions,
     pixel_auroc,
 )
-from monai_mtlmad.transforms.foreground import foreground_mask
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean
 
 if TYPE_CHECKING:
     from monai_mtlmad.scoring.scorer import AnomalyScorer
@@ -163,10 +163,8 @@ class DistilledStudent:
         out = self.predict(images)
         t = len(self.task_names)
         task_maps = {n: out[:, i : i + 1] for i, n in enumerate(self.task_names)}
-        fg = foreground.to(out.device).float()
-        task_scores = {
-            n: _from_asinh(_foreground_mean(out[:, t + i : t + i + 1], fg)) for i, n in enumerate(self.score_tasks)
-        }
+        errors = _from_asinh(foreground_mean(out[:, t:], foreground.to(out.device)))
+        task_scores = {n: errors[:, i] for i, n in enumerate(self.score_tasks)}
         return task_scores, task_maps
 
     def fuse(self, task_maps: Mapping[str, torch.Tensor], foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,11 +288,6 @@ def _from_asinh(x: torch.Tensor, limit: float = 12.0) -> torch.Tensor:
     return torch.sinh(x.clamp(-limit, limit))
 
 
-def _foreground_mean(x: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` mean of ``x (B, 1, *spatial)`` over the foreground ``fg`` (float, same shape)."""
-    return (x * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
-
-
 def _anomalous_copies(scorer: AnomalyScorer, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Copies of ``images`` with synthetic anomalies: half from the pseudo-anomaly task (when the learner has it),
     half (or all) from the unseen lesion family."""
@@ -416,7 +409,7 @@ def distill_student(
         weight = fg + 0.05 * (1 - fg)
         loss = (F.smooth_l1_loss(pred, y, reduction="none") * weight).sum() / (weight.sum() * y.shape[1])
         if score_names:  # a window's task errors are the whole image's: the global evidence is the image's
-            err = torch.stack([_foreground_mean(c, fg) for c in out[:, len(names) :].split(1, 1)], 1)
+            err = foreground_mean(out[:, len(names) :], fg)
             loss = loss + error_weight * F.smooth_l1_loss(err, torch.asinh(errors[idx].to(device)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -499,6 +492,6 @@ def _fidelity(student: DistilledStudent, inputs, targets, errors, fgs) -> dict[s
     out = {"heldout_images": int(inputs.shape[0]), "heldout_map_correlation": float(corr),
            "heldout_map_mae": float((a - b).abs().mean())}
     if student.score_tasks:
-        err = torch.stack([_foreground_mean(c, fgs.float()) for c in pred[:, t:].split(1, 1)], 1)
+        err = foreground_mean(pred[:, t:], fgs)
         out["heldout_task_error_mae_asinh"] = float((err - torch.asinh(errors)).abs().mean())  # what it regresses
     return out

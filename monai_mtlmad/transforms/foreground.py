@@ -14,7 +14,14 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from monai_mtlmad.transforms.keywise import KeyWised
 
-__all__ = ["foreground_mask", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
+__all__ = ["foreground_mask", "foreground_mean", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
+
+
+def foreground_mean(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` mean of each channel of ``x (B, C, *spatial)`` over ``foreground (B, 1, *spatial)`` (0 where an
+    image has no foreground)."""
+    fg = foreground.to(x.dtype)
+    return (x * fg).flatten(2).sum(2) / fg.flatten(2).sum(2).clamp_min(1)
 
 
 def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: float = 0.01) -> torch.Tensor:
