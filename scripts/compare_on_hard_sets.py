@@ -5,7 +5,8 @@ each task-list variant and each seed: train with ``bundle/configs/train.json`` (
 exported model with ``bundle/configs/evaluate.json``: in the full mode as exported (map weights equal), in the fast
 mode (the single-pass student that ``bundle/configs/distill.json`` adds to a copy of the model file, ``--fast_steps``;
 first task list only) and, in the full mode, recalibrated with ``map_weights="synthetic"`` on the same calibration
-split (and, with ``--synthetic_copies K``, with K lesioned copies of each calibration normal). Every metrics.json reports all image scores
+split (and, with ``--synthetic_copies K``, with K lesioned copies of each calibration normal; with ``--recalibrate``,
+with the settings of :data:`RECALIBRATIONS`). Every metrics.json reports all image scores
 (map quantile, task mean, one-class, synthetic weights), each task's image AUROC and pixel AUROC inside anomalous
 images, and the trivial baselines. Writes ``results.json`` and ``results.md`` (mean +- std over seeds) under --root.
 
@@ -33,6 +34,8 @@ VARIANTS = {
     "5 tasks + denoising": BASE_TASKS + ["denoising"],
     "5 tasks, tilted orientation": [{"name": "orientation", "tilt": 20} if t == "orientation" else t for t in BASE_TASKS],
 }
+# --recalibrate NAME: the exported model refitted with these scorer settings, evaluated as the row named
+RECALIBRATIONS = {"normal_std": ("equal, normal-std features", {"feature_scale": "normal_std"})}
 RIM = {"head": 0.06, "chest": 0.0}  # the heads are not skull-stripped; CT keeps its rim
 
 
@@ -47,19 +50,16 @@ def bundle(config: str, *args: str) -> None:
 def recalibrate(model: Path, data: Path, out: Path, seed: int, **settings) -> None:
     """Refit the exported model's scorer with other scorer ``settings`` (e.g. ``map_weights``) on the calibration
     split training used."""
-    from monai.data import DataLoader, Dataset
+    from monai.data import DataLoader
 
-    from monai_mtlmad.apps.bundle import calibration_split
-    from monai_mtlmad.data import bmad_datalist
+    from monai_mtlmad.apps.bundle import image_dataset, split_as_trained
     from monai_mtlmad.scoring import AnomalyScorer
 
     scorer = AnomalyScorer.load(model)
     scorer.student = None  # the fast mode was distilled and calibrated for the exported map weights
-    valid = bmad_datalist(data, "valid", check=False)
-    train = bmad_datalist(data, "train", check=False)
-    _, items = calibration_split(train, valid, 100, 0.2, seed)  # as train.json splits (same seed)
+    _, items = split_as_trained(scorer, model, data, seed=seed)  # as train.json splits (same seed)
     det, _ = scorer.preprocessing(with_mask=False)
-    loader = DataLoader(Dataset([{"image": d["image"]} for d in items], det), batch_size=8)
+    loader = DataLoader(image_dataset(items, det, what="calibration"), batch_size=8)
     for key, value in settings.items():
         setattr(scorer, key, value)
     scorer.fit(loader)
@@ -139,6 +139,8 @@ def main() -> None:
                    help="evaluate on an independent set of this many test images (0: the training set's own 48)")
     p.add_argument("--synthetic_copies", type=int, default=1,
                    help="above 1: also recalibrate with this many lesioned copies of each calibration normal")
+    p.add_argument("--recalibrate", nargs="*", default=[], choices=list(RECALIBRATIONS),
+                   help="also evaluate the model recalibrated with these scorer settings")
     p.add_argument("--retrain", action="store_true",
                    help="train even where --root holds a model already (its earlier rows are dropped)")
     args = p.parse_args()
@@ -165,6 +167,7 @@ def main() -> None:
                 wanted = list(args.map_weights) + (["equal, fast mode"] if fast else [])
                 if args.synthetic_copies > 1:
                     wanted.append(f"equal, {args.synthetic_copies} synthetic copies")
+                wanted += [RECALIBRATIONS[name][0] for name in args.recalibrate]
                 if not args.retrain and all((dataset, variant, seed, w, args.test_images) in done for w in wanted):
                     continue
                 out = root / "runs" / dataset / variant.replace(", ", "_").replace(" ", "_").replace("+", "plus") / f"seed{seed}"
@@ -190,10 +193,15 @@ def main() -> None:
                 copies_model = out / "models" / f"model_copies{args.synthetic_copies}.pt"
                 if copies in wanted and (args.retrain or not copies_model.is_file()):
                     recalibrate(model, data, copies_model, seed, synthetic_copies=args.synthetic_copies)
-                test_data = independent_test_set(root, dataset, args.test_images) if args.test_images else data
-                suffix = f"_test{args.test_images}" if args.test_images else ""
                 paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": fast_model,
                          copies: copies_model}
+                for name in args.recalibrate:
+                    row, settings = RECALIBRATIONS[name]
+                    paths[row] = out / "models" / f"model_{name}.pt"
+                    if args.retrain or not paths[row].is_file():
+                        recalibrate(model, data, paths[row], seed, **settings)
+                test_data = independent_test_set(root, dataset, args.test_images) if args.test_images else data
+                suffix = f"_test{args.test_images}" if args.test_images else ""
                 for weights in wanted:
                     if (dataset, variant, seed, weights, args.test_images) in done:
                         continue

@@ -6,7 +6,14 @@ import torch
 from monai_mtlmad.metrics import pixel_auroc_anomalous, roc_auc
 from monai_mtlmad.networks import MTLMoENet
 from monai_mtlmad.scoring import AnomalyScorer
-from monai_mtlmad.scoring.fusion import OneClassGaussian, auroc_weights, insert_validation_lesions, ledoit_wolf
+from monai_mtlmad.scoring.fusion import (
+    OneClassGaussian,
+    auroc_weights,
+    image_scores,
+    insert_validation_lesions,
+    ledoit_wolf,
+    synthetic_feature_weights,
+)
 from monai_mtlmad.tasks import ProxyTask, register_task
 from monai_mtlmad.transforms.functional import smooth_noise
 
@@ -141,6 +148,34 @@ def test_ledoit_wolf_matches_scikit_learn():
     x = torch.randn(25, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     expected, _ = covariance.ledoit_wolf(x.numpy())
     torch.testing.assert_close(ledoit_wolf(x), torch.from_numpy(expected))
+
+
+def test_normal_std_scale_keeps_a_wide_weak_feature_from_drowning_a_narrow_strong_one():
+    """Weights from AUROCs are scale-free, a weighted sum is not: a feature that varies widely among normals but barely
+    separates lesions outweighs a narrow, telling one unless each is put in units of its normal spread."""
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n, shift):  # column 0: spread 100, shifted 25 by a lesion; column 1: spread 0.1, shifted 0.2
+        return torch.randn(n, 2, generator=g) * torch.tensor([100.0, 0.1]) + shift * torch.tensor([25.0, 0.2])
+
+    names = ["wide", "narrow"]
+    normal, lesioned = draw(200, 0), draw(200, 1)
+    test, labels = torch.cat([draw(300, 0), draw(300, 1)]), torch.tensor([0] * 300 + [1] * 300)
+    auroc = {}
+    for scale in ("raw", "normal_std"):
+        aurocs, weights = synthetic_feature_weights(normal, lesioned, names, scale)
+        assert aurocs["narrow"] > 0.85 and aurocs["wide"] < 0.65, aurocs
+        auroc[scale] = roc_auc(image_scores(test, names, {}, weights)["synthetic"], labels)
+    assert auroc["normal_std"] > 0.85 and auroc["raw"] < 0.7, auroc
+    with pytest.raises(ValueError, match="feature scale"):
+        synthetic_feature_weights(normal, lesioned, names, "z")
+    # the scorer applies its setting at calibration and keeps it in the model's state
+    s = scorer("equal", image_score="synthetic", feature_scale="normal_std").fit(discs(30, seed=1))
+    raw = scorer("equal", image_score="synthetic").fit(discs(30, seed=1))
+    assert s.state_dict()["feature_scale"] == "normal_std"
+    assert s.feature_weights != raw.feature_weights and s.selection["image_auroc"] == raw.selection["image_auroc"]
+    with pytest.raises(ValueError, match="feature_scale"):
+        scorer("equal", feature_scale="z")
 
 
 def test_auroc_weights_ignore_evidence_at_chance():

@@ -49,7 +49,7 @@ def test_student_reproduces_the_teachers_maps_on_unseen_lesions(distilled):
     kept = scorer.student
     untrained = distill_student(scorer, [images], [images], steps=0)
     scorer.student = kept
-    c0 = float(torch.corrcoef(torch.stack([a, untrained.fuse(untrained.maps(images), fg)[1][fg]]))[0, 1])
+    c0 = float(torch.corrcoef(torch.stack([a, untrained.score(images, fg)[3][fg]]))[0, 1])
     assert corr > c0 + 0.3, (corr, c0)
     # one map per dense task, in the full mode's units, every task's error and image score, and no routing in one pass
     assert set(fast.task_maps) == {"inpainting", "jigsaw", "pseudo_anomaly", "pseudo_label"}
@@ -150,7 +150,8 @@ def test_student_scores_images_of_other_sizes(distilled):
     finally:
         student.roi_size = None
     fg = foreground_mask(odd)
-    score, fused = student.fuse(student.maps(odd), fg)
+    scores, _, _, fused = student.score(odd, fg)
+    score = scores["map_quantile"]
     assert score.shape == (2,) and bool((fused[~fg] <= fused[fg].min()).all())
     assert np.isfinite(score.numpy()).all()
 

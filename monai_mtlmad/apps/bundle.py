@@ -20,7 +20,7 @@ from monai_mtlmad.safe_io import keep_previous, verify_checksum
 
 __all__ = [
     "latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector", "guard_training_output",
-    "as_flag", "add_fast_mode",
+    "as_flag", "add_fast_mode", "split_as_trained", "image_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,6 +211,43 @@ def load_detector(
     return scorer
 
 
+def split_as_trained(
+    scorer,
+    model_path: str | Path,
+    dataset_dir: str | Path,
+    bmad_dataset: str | None = None,
+    calibration_images: int = 100,
+    calibration_max_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[dict], list[dict]]:
+    """The training items and calibration normals of a trained model's dataset, split as ``train.json`` split them
+    (:func:`calibration_split` with the same settings), for work on a trained model (a new fast mode, another
+    calibration) that must not touch images the model trained on.
+
+    Raises:
+        ValueError: naming the model file, when the split does not give as many calibration images as the
+            ``scorer`` (loaded from ``model_path``) was calibrated on (another dataset, or other split settings).
+    """
+    train = bmad_datalist(dataset_dir, "train", bmad_dataset, check=False)
+    valid = bmad_datalist(dataset_dir, "valid", bmad_dataset, check=False)
+    kept, calibration = calibration_split(train, valid, calibration_images, calibration_max_fraction, seed)
+    if len(calibration) != scorer.calibration.get("images"):
+        raise ValueError(
+            f"{model_path}: calibrated on {scorer.calibration.get('images')} normal images, but {dataset_dir} split with "
+            f"calibration_images={calibration_images}, calibration_max_fraction={calibration_max_fraction}, seed={seed} "
+            f"gives {len(calibration)}: pass the dataset and the settings the model was trained with."
+        )
+    return kept, calibration
+
+
+def image_dataset(items: Sequence[dict], deterministic, random_part=None, what: str = "input"):
+    """The images of ``items`` alone (labels and masks play no part), cached after the ``deterministic`` transforms
+    (:func:`~monai_mtlmad.data.loading.make_dataset`); files that fail are listed by name in one error."""
+    from monai_mtlmad.data.loading import make_dataset
+
+    return make_dataset([{"image": d["image"]} for d in items], deterministic, random_part, what=what, num_workers=0)
+
+
 def add_fast_mode(
     model_path: str | Path,
     dataset_dir: str | Path,
@@ -236,8 +273,7 @@ def add_fast_mode(
         ValueError: naming the file, when the split does not give the calibration images the model was calibrated on
             (another dataset, or other split settings than training used).
     """
-    from monai.data import DataLoader, Dataset
-    from monai.transforms import Compose
+    from monai.data import DataLoader
 
     from monai_mtlmad.engines.workflows import batch_images
     from monai_mtlmad.scoring.scorer import AnomalyScorer
@@ -245,21 +281,12 @@ def add_fast_mode(
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     scorer = AnomalyScorer.load(model_path, map_location=device)
-    train = bmad_datalist(dataset_dir, "train", bmad_dataset, check=False)
-    valid = bmad_datalist(dataset_dir, "valid", bmad_dataset, check=False)
-    kept, calibration = calibration_split(train, valid, calibration_images, calibration_max_fraction, seed)
-    if len(calibration) != scorer.calibration.get("images"):
-        raise ValueError(
-            f"{model_path}: calibrated on {scorer.calibration.get('images')} normal images, but {dataset_dir} split with "
-            f"calibration_images={calibration_images}, calibration_max_fraction={calibration_max_fraction}, seed={seed} "
-            f"gives {len(calibration)}: pass the dataset and the settings the model was trained with."
-        )
+    kept, calibration = split_as_trained(scorer, model_path, dataset_dir, bmad_dataset, calibration_images,
+                                         calibration_max_fraction, seed)
     deterministic, random_part = scorer.preprocessing()
-    g = torch.Generator().manual_seed(seed)
-    images = lambda items: [{"image": d["image"]} for d in items]  # noqa: E731 (labels and masks play no part)
-    training = DataLoader(Dataset(images(kept), Compose([deterministic, random_part]).flatten()), batch_size=batch_size,
-                          shuffle=True, generator=g)
-    normals = DataLoader(Dataset(images(calibration), deterministic), batch_size=batch_size)
+    training = DataLoader(image_dataset(kept, deterministic, random_part, "training"), batch_size=batch_size,
+                          shuffle=True, generator=torch.Generator().manual_seed(seed))
+    normals = DataLoader(image_dataset(calibration, deterministic, what="calibration"), batch_size=batch_size)
     distill_student(scorer, (batch_images(b, "image", device) for b in training),
                     [batch_images(b, "image", device) for b in normals], steps=steps, seed=seed)
     out = Path(output_path or model_path)

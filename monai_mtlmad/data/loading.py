@@ -30,18 +30,20 @@ def make_dataset(
     cache: str | None = "memory",
     cache_dir: str | Path | None = None,
     num_workers: int | None = None,
+    what: str = "input",
 ) -> Dataset:
     """A dataset whose deterministic transforms run once per item and whose random ones run every epoch.
 
     Args:
         cache: ``"memory"`` (:class:`CheckedCacheDataset`: small and medium datasets), ``"disk"`` (``PersistentDataset`` in
             ``cache_dir``: large datasets, reused across runs) or None (no cache).
+        what: how the memory cache's error names the set when files fail (e.g. ``"calibration"``).
     """
     # flattened so that the cache stops at the first random transform, not at the nested Compose
     transform = Compose([deterministic, random] if random is not None else [deterministic]).flatten()
     if cache == "memory":
         workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
-        return CheckedCacheDataset(items, transform, num_workers=workers, progress=False)
+        return CheckedCacheDataset(items, transform, what=what, num_workers=workers, progress=False)
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs cache_dir.")

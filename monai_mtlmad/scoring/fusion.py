@@ -17,17 +17,19 @@ vector into one score without any anomalous image:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.layers import GaussianFilter
 
 from monai_mtlmad.metrics.functional import roc_auc
+from monai_mtlmad.transforms.foreground import foreground_quantile
 from monai_mtlmad.transforms.functional import irregular_blob_masks, sample_foreground_centres
 
 __all__ = [
     "insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "cross_fitted_one_class", "auroc_weights",
-    "feature_aurocs", "image_scores", "pixel_auroc",
+    "feature_names", "feature_vectors", "feature_aurocs", "synthetic_feature_weights", "FEATURE_SCALES", "image_scores",
+    "pixel_auroc",
 ]
 
 
@@ -130,11 +132,65 @@ def auroc_weights(aurocs: Mapping[str, float], power: float = 2.0) -> dict[str, 
     return {k: v / total for k, v in raw.items()}
 
 
+def feature_names(score_names: Sequence[str], map_names: Sequence[str]) -> list[str]:
+    """Names of the feature vector's entries: task errors, ``task:map`` quantiles, then ``fused:map`` (when there
+    are maps)."""
+    names = list(score_names) + [f"{n}:map" for n in map_names]
+    return names + ["fused:map"] if map_names else names
+
+
+def feature_vectors(
+    task_scores: Mapping[str, torch.Tensor],
+    task_maps: Mapping[str, torch.Tensor],
+    foreground: torch.Tensor,
+    map_weights: Mapping[str, float],
+    quantile: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The feature vectors ``(B, F)`` in :func:`feature_names` order (the insertion order of ``task_scores`` and
+    ``task_maps``) and the fused, foreground-masked map ``(B, 1, *spatial)`` (``None`` without maps).
+
+    The fused map is the ``map_weights``-weighted mean of the normalised task maps ``(B, 1, *spatial)``; map
+    features are their ``quantile`` over ``foreground (B, 1, *spatial)``. The full scorer and its distilled
+    student both describe an image this way, so their image scores are the same functions of their evidence."""
+    columns = [v.float().cpu() for v in task_scores.values()]
+    columns += [foreground_quantile(m, foreground, quantile)[0].float().cpu() for m in task_maps.values()]
+    fused = None
+    if task_maps:
+        total = sum(map_weights[n] for n in task_maps)
+        fused = sum(map_weights[n] * m for n, m in task_maps.items()) / max(total, 1e-12)
+        quant, fused = foreground_quantile(fused, foreground, quantile)
+        columns.append(quant.float().cpu())
+    return torch.stack(columns, 1), fused
+
+
 def feature_aurocs(normal: torch.Tensor, lesioned: torch.Tensor, names: list[str]) -> dict[str, float]:
     """Per feature, the AUROC between the feature vectors ``(N, F)`` of normals and ``(M, F)`` of synthetic
     anomalies (what :func:`auroc_weights` turns into weights)."""
     labels = torch.cat([torch.zeros(normal.shape[0]), torch.ones(lesioned.shape[0])])
     return {name: roc_auc(torch.cat([normal[:, i], lesioned[:, i]]), labels) for i, name in enumerate(names)}
+
+
+FEATURE_SCALES = ("raw", "normal_std")
+
+
+def synthetic_feature_weights(
+    normal: torch.Tensor, lesioned: torch.Tensor, names: list[str], scale: str = "raw"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``(AUROC per feature, weight per feature)`` of the ``synthetic`` image score, from the feature vectors
+    ``(N, F)`` of normals and ``(M, F)`` of the same normals with a synthetic lesion.
+
+    The weights are :func:`auroc_weights` of the AUROCs. ``scale="normal_std"`` divides each by that feature's
+    standard deviation over the normals, so the weighted sum adds features in units of their normal spread: with
+    ``"raw"`` a feature that varies widely among normals outweighs one that varies little, whatever their AUROCs.
+    """
+    if scale not in FEATURE_SCALES:
+        raise ValueError(f"feature scale must be one of {FEATURE_SCALES}, got {scale!r}.")
+    aurocs = feature_aurocs(normal, lesioned, names)
+    weights = auroc_weights(aurocs)
+    if scale == "normal_std":
+        spread = normal.float().std(0) if normal.shape[0] > 1 else torch.ones(normal.shape[1])
+        weights = {n: weights[n] / max(float(spread[i]), 1e-6) for i, n in enumerate(names)}
+    return aurocs, weights
 
 
 def image_scores(

@@ -40,15 +40,18 @@ from monai_mtlmad.metrics.functional import f1_max
 from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.safe_io import load_checked, save_checked
 from monai_mtlmad.scoring.fusion import (
+    FEATURE_SCALES,
     auroc_weights,
     cross_fitted_one_class,
-    feature_aurocs,
+    feature_names,
+    feature_vectors,
     image_scores,
     insert_validation_lesions,
     pixel_auroc,
+    synthetic_feature_weights,
 )
 from monai_mtlmad.scoring.student import DistilledStudent
-from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean, foreground_quantile, quantile_sample, upper_quantile
 from monai_mtlmad.tasks.base import ProxyTask, create_tasks
 
 __all__ = ["AnomalyScorer", "AnomalyScores", "foreground_quantile", "upper_quantile", "MODEL_FORMAT", "MIN_CALIBRATION_IMAGES"]
@@ -113,6 +116,8 @@ class AnomalyScorer:
             never trained on (doubles the calibration time); needed by the ``"synthetic"`` options.
         synthetic_copies: lesioned copies of each calibration normal (each one more scoring pass over the normals):
             more copies, less noise in the synthetic-lesion AUROCs that weigh the features.
+        feature_scale: ``"raw"`` or ``"normal_std"``: the ``"synthetic"`` score's features as they are, or each divided
+            by its spread over the calibration normals (:func:`~monai_mtlmad.scoring.fusion.synthetic_feature_weights`).
         rim: foreground erosion as a fraction of the image side (strip skull and scalp on brain MRI).
         fpr: false-positive rate on calibration normals that sets the default threshold.
         pixel_fpr: share of normal foreground pixels above the pixel threshold (anomaly segmentation, map pictures).
@@ -139,6 +144,7 @@ class AnomalyScorer:
         map_weights: str = "equal",
         synthetic_lesions: bool = True,
         synthetic_copies: int = 1,
+        feature_scale: str = "raw",
         rim: float = 0.0,
         fpr: float = 0.05,
         pixel_fpr: float = 0.01,
@@ -152,6 +158,8 @@ class AnomalyScorer:
             image_score = "synthetic" if synthetic_lesions else "map_quantile"
         if image_score not in self.IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {self.IMAGE_SCORES}, got {image_score!r}.")
+        if feature_scale not in FEATURE_SCALES:
+            raise ValueError(f"feature_scale must be one of {FEATURE_SCALES}, got {feature_scale!r}.")
         if map_weights not in ("equal", "synthetic"):
             raise ValueError(f"map_weights must be 'equal' or 'synthetic', got {map_weights!r}.")
         if "synthetic" in (image_score, map_weights) and not synthetic_lesions:
@@ -168,7 +176,7 @@ class AnomalyScorer:
         self.sigma, self.quantile, self.image_score, self.rim, self.fpr = sigma, quantile, image_score, rim, fpr
         self.pixel_fpr, self.folds = pixel_fpr, folds
         self.map_weights, self.synthetic_lesions = map_weights, synthetic_lesions
-        self.synthetic_copies = int(synthetic_copies)
+        self.synthetic_copies, self.feature_scale = int(synthetic_copies), feature_scale
         self.roi_size = tuple(roi_size) if roi_size is not None else None
         self.overlap, self.batch_size = overlap, batch_size
         self.preprocessing_config = _preprocessing_config(preprocessing) if preprocessing is not None else None
@@ -320,17 +328,17 @@ class AnomalyScorer:
             if fused is not None:
                 pixels += [_subset(m[f].float().cpu(), per_image, g) for m, f in zip(fused, fg)]
         features = torch.cat(features)
-        self.feature_names = list(self._feature_names(normal[0][0], normal[0][1]))
+        self.feature_names = feature_names(normal[0][0], normal[0][1])
         self.feature_weights = {}
         if lesioned:
             synthetic_features = torch.cat([self._features(ts, tm, fg)[0] for ts, tm, fg, _ in lesioned])
-            self.selection["image_auroc"] = feature_aurocs(features, synthetic_features, self.feature_names)
-            self.feature_weights = auroc_weights(self.selection["image_auroc"])
+            self.selection["image_auroc"], self.feature_weights = synthetic_feature_weights(
+                features, synthetic_features, self.feature_names, self.feature_scale)
         self.one_class, one_class = cross_fitted_one_class(features, fold_of)
         scores = self._image_scores(features, one_class)
         self.normal_scores = {k: torch.sort(v).values for k, v in scores.items()}
         self.thresholds = {k: float(torch.quantile(v, 1 - self.fpr)) for k, v in self.normal_scores.items()}
-        self.pixel_threshold = float(torch.quantile(_sample(torch.cat(pixels)), 1 - self.pixel_fpr)) if pixels else None
+        self.pixel_threshold = float(torch.quantile(quantile_sample(torch.cat(pixels)), 1 - self.pixel_fpr)) if pixels else None
         self.calibration = {"images": n, "folds": folds}
         return self
 
@@ -422,23 +430,11 @@ class AnomalyScorer:
         }
         return task_scores, task_maps
 
-    def _feature_names(self, task_scores: Mapping, task_maps: Mapping) -> list[str]:
-        names = list(task_scores) + [f"{n}:map" for n in task_maps]
-        return names + ["fused:map"] if task_maps else names
-
     def _features(self, task_scores: dict, task_maps: dict, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The feature vectors ``(B, F)`` (task scores, task map quantiles, fused map quantile; see
-        :mod:`~monai_mtlmad.scoring.fusion`) and the fused, foreground-masked map."""
-        columns = [task_scores[n].float().cpu() for n in task_scores]
-        columns += [foreground_quantile(m, fg, self.quantile)[0].float().cpu() for m in task_maps.values()]
-        fused = None
-        if task_maps:
-            w = self.fitted_map_weights or {n: self.weights[n] for n in task_maps}
-            total = sum(w[n] for n in task_maps)
-            fused = sum(w[n] * m for n, m in task_maps.items()) / max(total, 1e-12)
-            quant, fused = foreground_quantile(fused, fg, self.quantile)
-            columns.append(quant.float().cpu())
-        return torch.stack(columns, 1), fused
+        """The feature vectors ``(B, F)`` and the fused, foreground-masked map
+        (:func:`~monai_mtlmad.scoring.fusion.feature_vectors`)."""
+        weights = self.fitted_map_weights or {n: self.weights[n] for n in task_maps}
+        return feature_vectors(task_scores, task_maps, fg, weights, self.quantile)
 
     def _image_scores(self, features: torch.Tensor, one_class: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every image score from the feature vectors ``(B, F)`` (:func:`~monai_mtlmad.scoring.fusion.image_scores`):
@@ -499,7 +495,7 @@ class AnomalyScorer:
 
     # ----------------------------------------------------------------------------------------- persistence
     _SETTINGS = (
-        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "synthetic_copies", "rim",
+        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "synthetic_copies", "feature_scale", "rim",
         "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size",
     )
     _CALIBRATION = (
@@ -627,34 +623,11 @@ def conformal_p_values(normal: torch.Tensor | None, score: torch.Tensor) -> torc
     return (normal.numel() - torch.searchsorted(normal, score.contiguous(), right=False) + 1) / (normal.numel() + 1)
 
 
-def foreground_quantile(maps: torch.Tensor, foreground: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image ``q``-quantile of ``maps (B, 1, *spatial)`` inside ``foreground``, and the maps with every pixel
-    outside the foreground set to that image's lowest value (so it never ranks as anomalous)."""
-    low = maps.flatten(1).min(1).values.view(-1, *([1] * (maps.ndim - 1)))
-    maps = torch.where(foreground, maps, low)
-    return torch.stack([upper_quantile(_sample(m[f]), q) for m, f in zip(maps, foreground)]), maps
-
-
-def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
-    """``torch.quantile(v, q)`` (linear interpolation) of a 1D tensor from its top ``(1 - q)`` share only: a partial
-    selection instead of a full sort (5x faster on a 256x256 map, where the full sort cost more than the rest of
-    the fast mode's fusion)."""
-    n = v.numel()
-    if n == 0:
-        return v.new_tensor(float("nan"))
-    pos = q * (n - 1)
-    lo = int(pos)
-    top = torch.topk(v, n - lo).values  # descending: top[-1] is the lo-th smallest, top[-2] the next one up
-    a = top[-1]
-    b = top[-2] if n - lo > 1 else a
-    return a + (pos - lo) * (b - a)
-
-
 def _robust(v: torch.Tensor) -> tuple[float, float]:
     """Median, and a scale that cannot collapse: the largest of 1.4826 MAD, the upper tail's spread
     ``(q99 - median) / 2.326`` (both the standard deviation for Gaussian values; the tail term keeps a heavy-tailed
     task from producing huge normalised values on normal images) and 5 % of the mean absolute value."""
-    v = _sample(v.float())
+    v = quantile_sample(v.float())
     loc = float(v.median())
     mad = float((v - loc).abs().median()) * _MAD_TO_STD
     tail = (float(torch.quantile(v, 0.99)) - loc) / _Z99 if v.numel() > 1 else 0.0
@@ -665,12 +638,3 @@ def _subset(v: torch.Tensor, limit: int, generator: torch.Generator) -> torch.Te
     """At most ``limit`` values of ``v``, drawn at random."""
     v = v.reshape(-1)
     return v if v.numel() <= limit else v[torch.randperm(v.numel(), generator=generator)[:limit]]
-
-
-def _sample(v: torch.Tensor, limit: int = 4_000_000) -> torch.Tensor:
-    """torch.quantile/median on at most ``limit`` values (torch.quantile refuses more than 16M)."""
-    v = v.reshape(-1)
-    if v.numel() <= limit:
-        return v
-    idx = torch.linspace(0, v.numel() - 1, limit, device=v.device).long()
-    return torch.sort(v).values[idx]

@@ -34,14 +34,15 @@ from monai.networks.nets import UNet
 
 from monai_mtlmad.networks.padding import forward_padded
 from monai_mtlmad.scoring.fusion import (
-    auroc_weights,
     cross_fitted_one_class,
-    feature_aurocs,
+    feature_names,
+    feature_vectors,
     image_scores,
     insert_validation_lesions,
     pixel_auroc,
+    synthetic_feature_weights,
 )
-from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean, quantile_sample
 
 if TYPE_CHECKING:
     from monai_mtlmad.scoring.scorer import AnomalyScorer
@@ -167,28 +168,17 @@ class DistilledStudent:
         task_scores = {n: errors[:, i] for i, n in enumerate(self.score_tasks)}
         return task_scores, task_maps
 
-    def fuse(self, task_maps: Mapping[str, torch.Tensor], foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fused map quantile (B,), fused foreground-masked map (B, 1, *spatial))``, as the full scorer fuses."""
-        from monai_mtlmad.scoring.scorer import foreground_quantile
-
-        total = sum(self.map_weights[n] for n in self.task_names)
-        fused = sum(self.map_weights[n] * task_maps[n] for n in self.task_names) / max(total, 1e-12)
-        return foreground_quantile(fused, foreground.to(fused.device), self.quantile)
-
     @property
     def feature_names(self) -> list[str]:
         """The feature vector's entries, as the full scorer names them."""
-        return self.score_tasks + [f"{n}:map" for n in self.task_names] + ["fused:map"]
+        return feature_names(self.score_tasks, self.task_names)
 
     def features(self, task_scores: Mapping, task_maps: Mapping, foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features (B, F) in :attr:`feature_names` order, fused foreground-masked map)``."""
-        from monai_mtlmad.scoring.scorer import foreground_quantile
-
+        """``(features (B, F) in :attr:`feature_names` order, fused foreground-masked map)``
+        (:func:`~monai_mtlmad.scoring.fusion.feature_vectors`)."""
         fg = foreground.to(next(iter(task_maps.values())).device)
-        columns = [task_scores[n].float().cpu() for n in self.score_tasks]
-        columns += [foreground_quantile(task_maps[n], fg, self.quantile)[0].float().cpu() for n in self.task_names]
-        quant, fused = self.fuse(task_maps, fg)
-        return torch.stack(columns + [quant.float().cpu()], 1), fused
+        return feature_vectors({n: task_scores[n] for n in self.score_tasks}, {n: task_maps[n] for n in self.task_names},
+                               fg, self.map_weights, self.quantile)
 
     def image_scores(self, features: torch.Tensor, one_class: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every image score the student can give from its features (``map_quantile`` always; ``task_mean``,
@@ -208,12 +198,13 @@ class DistilledStudent:
 
     @torch.no_grad()
     def calibrate(self, normal_batches: Iterable[torch.Tensor], rim: float, fpr: float, pixel_fpr: float,
-                  seed: int = 0, folds: int = 5) -> DistilledStudent:
+                  seed: int = 0, folds: int = 5, feature_scale: str = "raw") -> DistilledStudent:
         """The student's own calibration from normal images it was not trained on: with task errors, its
-        synthetic-lesion feature weights (each normal also scored with an unseen-family lesion) and its one-class
+        synthetic-lesion feature weights (each normal also scored with an unseen-family lesion; ``feature_scale`` as
+        the full scorer's, :func:`~monai_mtlmad.scoring.fusion.synthetic_feature_weights`) and its one-class
         model (cross-fitted over ``folds``); the normal distribution and the threshold at ``fpr`` of every image
         score (p-values), and the pixel threshold at ``pixel_fpr``."""
-        from monai_mtlmad.scoring.scorer import _sample, _subset
+        from monai_mtlmad.scoring.scorer import _subset
 
         g = torch.Generator().manual_seed(seed)
         batches = [b for b in normal_batches]
@@ -234,15 +225,15 @@ class DistilledStudent:
         self.calibration = {"images": n, "fpr": fpr, "pixel_fpr": pixel_fpr}
         one_class = None
         if self.score_tasks:
-            aurocs = feature_aurocs(features, torch.cat(lesioned), self.feature_names)
-            self.feature_weights = auroc_weights(aurocs)
-            self.calibration["image_auroc"] = aurocs
+            aurocs, self.feature_weights = synthetic_feature_weights(features, torch.cat(lesioned), self.feature_names,
+                                                                     feature_scale)
+            self.calibration.update(image_auroc=aurocs, feature_scale=feature_scale)
             fold_of = torch.randperm(n, generator=g) % max(1, min(folds, n))
             self.one_class, one_class = cross_fitted_one_class(features, fold_of)
         scores = self.image_scores(features, one_class)
         self.normal_scores = {k: torch.sort(v).values for k, v in scores.items()}
         self.thresholds = {k: float(torch.quantile(v, 1 - fpr)) for k, v in self.normal_scores.items()}
-        self.pixel_threshold = float(torch.quantile(_sample(torch.cat(pixels)), 1 - pixel_fpr))
+        self.pixel_threshold = float(torch.quantile(quantile_sample(torch.cat(pixels)), 1 - pixel_fpr))
         return self
 
     def keeps_quality(self, tolerance: float = FAST_MODE_TOLERANCE) -> bool:
@@ -334,8 +325,8 @@ def distill_student(
     ``batch_size`` images on the pool (smooth-L1 on the foreground, AdamW, cosine-decayed ``lr``). One pool image in
     eight is held out to report the student's fidelity (the correlation of its fused maps with the teacher's, and
     its mean absolute error). Then both are compared where no one trained: the calibration normals against copies
-    of them with a lesion of the unseen family (image AUROC of ``map_quantile`` and pixel AUROC, teacher and
-    student; ``student.training["synthetic_check"]``), with a warning when the student's image AUROC falls more than
+    of them with a lesion of the unseen family (image AUROC of the score each decides by, and pixel AUROC, teacher
+    and student; ``student.training["synthetic_check"]``), with a warning when the student's image AUROC falls more than
     0.02 below the teacher's.
 
     Args:
@@ -422,7 +413,7 @@ def distill_student(
         "final_loss": float(sum(losses[-20:]) / max(len(losses[-20:]), 1)) if losses else None, **fidelity,
     }
     calibration = [b.detach().float().cpu() for b in calibration_images]
-    student.calibrate(calibration, scorer.rim, scorer.fpr, scorer.pixel_fpr, seed, scorer.folds)
+    student.calibrate(calibration, scorer.rim, scorer.fpr, scorer.pixel_fpr, seed, scorer.folds, scorer.feature_scale)
     student.training["synthetic_check"] = check = _synthetic_check(scorer, student, calibration, g)
     logger.info(f"fast mode distilled in {steps} steps on {n} images: {student.training}")
     if not student.keeps_quality():

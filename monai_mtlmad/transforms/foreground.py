@@ -14,7 +14,8 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from monai_mtlmad.transforms.keywise import KeyWised
 
-__all__ = ["foreground_mask", "foreground_mean", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
+__all__ = [
+    "foreground_mask", "foreground_mean", "foreground_quantile", "upper_quantile", "quantile_sample", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
 
 
 def foreground_mean(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
@@ -22,6 +23,38 @@ def foreground_mean(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
     image has no foreground)."""
     fg = foreground.to(x.dtype)
     return (x * fg).flatten(2).sum(2) / fg.flatten(2).sum(2).clamp_min(1)
+
+
+def foreground_quantile(maps: torch.Tensor, foreground: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image ``q``-quantile of ``maps (B, 1, *spatial)`` inside ``foreground``, and the maps with every pixel
+    outside the foreground set to that image's lowest value (so it never ranks as anomalous)."""
+    low = maps.flatten(1).min(1).values.view(-1, *([1] * (maps.ndim - 1)))
+    maps = torch.where(foreground, maps, low)
+    return torch.stack([upper_quantile(quantile_sample(m[f]), q) for m, f in zip(maps, foreground)]), maps
+
+
+def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(v, q)`` (linear interpolation) of a 1D tensor from its top ``(1 - q)`` share only: a partial
+    selection instead of a full sort (5x faster on a 256x256 map, where the full sort cost more than the rest of
+    the fast mode's fusion)."""
+    n = v.numel()
+    if n == 0:
+        return v.new_tensor(float("nan"))
+    pos = q * (n - 1)
+    lo = int(pos)
+    top = torch.topk(v, n - lo).values  # descending: top[-1] is the lo-th smallest, top[-2] the next one up
+    a = top[-1]
+    b = top[-2] if n - lo > 1 else a
+    return a + (pos - lo) * (b - a)
+
+
+def quantile_sample(v: torch.Tensor, limit: int = 4_000_000) -> torch.Tensor:
+    """torch.quantile/median on at most ``limit`` values (torch.quantile refuses more than 16M)."""
+    v = v.reshape(-1)
+    if v.numel() <= limit:
+        return v
+    idx = torch.linspace(0, v.numel() - 1, limit, device=v.device).long()
+    return torch.sort(v).values[idx]
 
 
 def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: float = 0.01) -> torch.Tensor:
