@@ -100,7 +100,7 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     data = make_demo_dataset(tmp_path / "data", dims, n_train=6, n_valid=4, n_test=4, size=size)
     run = tmp_path / "run"
     bundle("run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, dims, size, fast_steps=10),
-           "--max_epochs", "2", "--val_interval", "1")
+           "--max_epochs", "2", "--val_interval", "1", "--fast_options", "{'channels': [8, 16]}")
     assert (run / "models" / "model.pt").exists()
     assert (run / "checkpoints" / "checkpoint_epoch=2.pt").exists()
     # routing of every training epoch reaches TensorBoard, also on the epochs that ran a validation
@@ -123,6 +123,8 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     from monai_mtlmad.scoring import AnomalyScorer
 
     assert AnomalyScorer.load(run / "models" / "model.pt").rim == (0.0 if dims == 2 else 0.06)
+    # the fast mode's options reach the student (here a smaller network)
+    assert AnomalyScorer.load(run / "models" / "model.pt").student.config["channels"] == [8, 16]
     rows = list(csv.DictReader(open(run / "scores.csv")))
     assert len(rows) == 4 and {r["label"] for r in rows} == {"0", "1"}
     labels = [int(r["label"]) for r in rows]
@@ -326,10 +328,10 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     wrong = bundle(*distill, "--calibration_images", "1", "--output_path", str(tmp_path / "x.pt"), check=False)
     assert wrong.returncode != 0 and "model.pt: calibrated on" in wrong.stdout + wrong.stderr
     assert not (tmp_path / "x.pt").exists()
-    bundle(*distill, "--output_path", str(tmp_path / "fast.pt"))
+    bundle(*distill, "--output_path", str(tmp_path / "fast.pt"), "--fast_options", "{'channels': [8, 16, 32]}")
     assert load_checked(model)["student"] is None  # the original is left as it was
     fast_state = load_checked(tmp_path / "fast.pt")
-    assert fast_state["student"]["training"]["steps"] == 5
+    assert fast_state["student"]["training"]["steps"] == 5 and fast_state["student"]["config"]["channels"] == [8, 16, 32]
     torch.testing.assert_close(fast_state["network"], state["network"])
     bundle("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
            "--dataset_dir", str(data), "--model_path", str(tmp_path / "fast.pt"), "--num_workers", "0",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,12 +259,15 @@ def add_fast_mode(
     device=None,
     output_path: str | Path | None = None,
     batch_size: int = 8,
+    options: Mapping[str, Any] | None = None,
 ):
     """Distil the fast scoring mode into a trained model file (or replace the one it holds), without retraining.
 
     The training and calibration images are split as ``train.json`` split them (:func:`calibration_split` with the
     same ``calibration_images``, ``calibration_max_fraction`` and ``seed``): the student learns from the training
     images (with the training augmentations) and calibrates on the calibration normals, which neither network saw.
+    ``options`` are further keyword arguments of :func:`~monai_mtlmad.scoring.student.distill_student` (e.g.
+    ``error_weight``, ``task_errors``, ``channels``).
 
     Returns:
         the scorer with its new student, written to ``output_path`` (default: ``model_path``, replaced atomically).
@@ -288,7 +291,7 @@ def add_fast_mode(
                           shuffle=True, generator=torch.Generator().manual_seed(seed))
     normals = DataLoader(image_dataset(calibration, deterministic, what="calibration"), batch_size=batch_size)
     distill_student(scorer, (batch_images(b, "image", device) for b in training),
-                    [batch_images(b, "image", device) for b in normals], steps=steps, seed=seed)
+                    [batch_images(b, "image", device) for b in normals], steps=steps, seed=seed, **(options or {}))
     out = Path(output_path or model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     scorer.save(out)

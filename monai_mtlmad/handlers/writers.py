@@ -8,8 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +111,8 @@ class ModelExportHandler:
         fast_steps: when above 0, also distil the fast scoring mode (:func:`~monai_mtlmad.scoring.student.
             distill_student`) in this many steps, on the images of ``distill``, and store it in the model file.
         distill: iterable of training batches (dicts with ``"image"``) for the fast mode.
+        fast_options: further keyword arguments of ``distill_student`` (e.g. ``{"error_weight": 0.2}``,
+            ``{"task_errors": false}``).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class ModelExportHandler:
         info: dict | None = None,
         fast_steps: int = 0,
         distill: Iterable | None = None,
+        fast_options: Mapping[str, Any] | None = None,
     ):
         if selection not in ("best", "last"):
             raise ValueError(f"selection must be 'best' or 'last', got {selection!r}.")
@@ -130,7 +134,7 @@ class ModelExportHandler:
         self.evaluator, self.selection, self.info = evaluator, selection, dict(info or {})
         if fast_steps > 0 and distill is None:
             raise ValueError("fast_steps > 0 needs the training images to distil on (distill).")
-        self.fast_steps, self.distill = int(fast_steps), distill
+        self.fast_steps, self.distill, self.fast_options = int(fast_steps), distill, dict(fast_options or {})
         self.best: dict | None = None  # {"epoch", "metric", "value", "network"} of the best validation so far
         self.training_seconds = 0.0  # the epochs' own time (Ignite measures it before validation handlers run)
         self.trainer: Engine | None = None
@@ -190,7 +194,7 @@ class ModelExportHandler:
 
             device = self.device or engine.state.device
             training = (batch_images(b, "image", device) for b in self.distill if "image" in b)
-            distill_student(scorer, training, batches, steps=self.fast_steps)  # logs its fidelity itself
+            distill_student(scorer, training, batches, steps=self.fast_steps, **self.fast_options)  # logs its fidelity
         scorer.training = {**self.info, "epoch": epoch, "last_epoch": last, "selection": why,
                            "training_steps": int(engine.state.iteration), "training_seconds": round(self.training_seconds, 2)}
         scorer.save(self.path)
