@@ -51,7 +51,13 @@ from monai_mtlmad.scoring.fusion import (
     synthetic_feature_weights,
 )
 from monai_mtlmad.scoring.student import DistilledStudent
-from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean, foreground_quantile, quantile_sample, upper_quantile
+from monai_mtlmad.transforms.foreground import (  # foreground_quantile, upper_quantile: re-exported, as before
+    foreground_mask,
+    foreground_mean,
+    foreground_quantile,
+    quantile_sample,
+    upper_quantile,
+)
 from monai_mtlmad.tasks.base import ProxyTask, create_tasks
 
 __all__ = ["AnomalyScorer", "AnomalyScores", "foreground_quantile", "upper_quantile", "MODEL_FORMAT", "MIN_CALIBRATION_IMAGES"]
@@ -495,8 +501,8 @@ class AnomalyScorer:
 
     # ----------------------------------------------------------------------------------------- persistence
     _SETTINGS = (
-        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "synthetic_copies", "feature_scale", "rim",
-        "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size",
+        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "synthetic_copies",
+        "feature_scale", "rim", "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size",
     )
     _CALIBRATION = (
         "stats", "normal_scores", "thresholds", "pixel_threshold", "f1_threshold", "calibration", "selection",
