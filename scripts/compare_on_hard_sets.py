@@ -2,9 +2,11 @@
 
 For each harder set (non-skull-stripped heads, chest CT; see ``monai_mtlmad.data.make_demo_dataset(hard=True)``),
 each task-list variant and each seed: train with ``bundle/configs/train.json`` (as a user would), then evaluate the
-exported model with ``bundle/configs/evaluate.json``: in the full mode as exported (map weights equal), in the fast
+exported model with ``bundle/configs/evaluate.json``: in the full mode as exported (trained with the first
+``--map_weights``, which names its rows), in the fast
 mode (the single-pass student that ``bundle/configs/distill.json`` adds to a copy of the model file, ``--fast_steps``;
-first task list only) and, in the full mode, recalibrated with ``map_weights="synthetic"`` on the same calibration
+first task list only) and, in the full mode, recalibrated with each other ``--map_weights`` (``"equal"``,
+``"synthetic"``, ``"selected"``; see :class:`~monai_mtlmad.scoring.AnomalyScorer`) on the same calibration
 split (and, with ``--synthetic_copies K``, with K lesioned copies of each calibration normal; with ``--recalibrate``,
 with the settings of :data:`RECALIBRATIONS`). Every metrics.json reports all image scores
 (map quantile, task mean, one-class, synthetic weights), each task's image AUROC and pixel AUROC inside anomalous
@@ -27,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from monai_mtlmad.scoring.fusion import MAP_WEIGHTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE_TASKS = ["inpainting", "jigsaw", "orientation", "pseudo_anomaly", "pseudo_label"]
 VARIANTS = {
@@ -35,7 +39,7 @@ VARIANTS = {
     "5 tasks, tilted orientation": [{"name": "orientation", "tilt": 20} if t == "orientation" else t for t in BASE_TASKS],
 }
 # --recalibrate NAME: the exported model refitted with these scorer settings, evaluated as the row named
-RECALIBRATIONS = {"normal_std": ("equal, normal-std features", {"feature_scale": "normal_std"})}
+RECALIBRATIONS = {"normal_std": ("normal-std features", {"feature_scale": "normal_std"})}
 RIM = {"head": 0.06, "chest": 0.0}  # the heads are not skull-stripped; CT keeps its rim
 
 
@@ -47,15 +51,20 @@ def bundle(config: str, *args: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
 
 
-def recalibrate(model: Path, data: Path, out: Path, seed: int, **settings) -> None:
+def recalibrate(model: Path, data: Path, out: Path, seed: int, network: Path | None = None, **settings) -> None:
     """Refit the exported model's scorer with other scorer ``settings`` (e.g. ``map_weights``) on the calibration
-    split training used."""
+    split training used; with ``network`` (a training checkpoint), with that checkpoint's weights, as ``train.json``
+    would have exported them with ``--selection last``."""
     from monai.data import DataLoader
 
     from monai_mtlmad.apps.bundle import image_dataset, split_as_trained
+    from monai_mtlmad.safe_io import load_checked
     from monai_mtlmad.scoring import AnomalyScorer
 
     scorer = AnomalyScorer.load(model)
+    if network is not None:
+        scorer.net.load_state_dict(load_checked(network)["network"])
+        scorer.training = {**scorer.training, "epoch": scorer.training["last_epoch"], "selection": f"last ({network.name})"}
     scorer.student = None  # the fast mode was distilled and calibrated for the exported map weights
     _, items = split_as_trained(scorer, model, data, seed=seed)  # as train.json splits (same seed)
     det, _ = scorer.preprocessing(with_mask=False)
@@ -133,7 +142,8 @@ def main() -> None:
     p.add_argument("--n_train", type=int, default=80)
     p.add_argument("--n_valid", type=int, default=32)
     p.add_argument("--n_test", type=int, default=48)
-    p.add_argument("--map_weights", nargs="+", default=["equal", "synthetic"], choices=["equal", "synthetic"])
+    p.add_argument("--map_weights", nargs="+", default=["selected", "equal"], choices=list(MAP_WEIGHTINGS),
+                   help="the first trains the model (train.json --map_weights), the others recalibrate it")
     p.add_argument("--fast_steps", type=int, default=1000, help="the fast mode's distillation (0: no fast mode)")
     p.add_argument("--test_images", type=int, default=0,
                    help="evaluate on an independent set of this many test images (0: the training set's own 48)")
@@ -141,6 +151,9 @@ def main() -> None:
                    help="above 1: also recalibrate with this many lesioned copies of each calibration normal")
     p.add_argument("--recalibrate", nargs="*", default=[], choices=list(RECALIBRATIONS),
                    help="also evaluate the model recalibrated with these scorer settings")
+    p.add_argument("--last_epoch", action="store_true",
+                   help="also evaluate the last epoch's weights (as --selection last exports them), calibrated with "
+                        "each --map_weights (rows 'WEIGHTS, last epoch')")
     p.add_argument("--retrain", action="store_true",
                    help="train even where --root holds a model already (its earlier rows are dropped)")
     args = p.parse_args()
@@ -164,10 +177,12 @@ def main() -> None:
             data = root / "data" / dataset
             for variant in args.variants:
                 fast = args.fast_steps > 0 and variant == args.variants[0]
-                wanted = list(args.map_weights) + (["equal, fast mode"] if fast else [])
+                trained_with = args.map_weights[0]
+                wanted = list(args.map_weights) + ([f"{trained_with}, fast mode"] if fast else [])
                 if args.synthetic_copies > 1:
-                    wanted.append(f"equal, {args.synthetic_copies} synthetic copies")
+                    wanted.append(f"{trained_with}, {args.synthetic_copies} synthetic copies")
                 wanted += [RECALIBRATIONS[name][0] for name in args.recalibrate]
+                wanted += [f"{w}, last epoch" for w in args.map_weights] if args.last_epoch else []
                 if not args.retrain and all((dataset, variant, seed, w, args.test_images) in done for w in wanted):
                     continue
                 out = root / "runs" / dataset / variant.replace(", ", "_").replace(" ", "_").replace("+", "plus") / f"seed{seed}"
@@ -178,7 +193,7 @@ def main() -> None:
                     bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs",
                            str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
                            "--image_size", str(args.size), "--rim", str(RIM[dataset]), "--task_names", tasks,
-                           "--overwrite", "true")
+                           "--map_weights", trained_with, "--overwrite", "true")
                     # the rows of the model just replaced describe another model now
                     runs = [r for r in runs if (r["dataset"], r["variant"], r["seed"]) != (dataset, variant, seed)]
                     done = {key for key in done if key[:3] != (dataset, variant, seed)}
@@ -187,19 +202,26 @@ def main() -> None:
                 if fast and (args.retrain or not fast_model.is_file()):
                     bundle("distill.json", "--dataset_dir", str(data), "--model_path", str(model), "--output_path",
                            str(fast_model), "--fast_steps", str(args.fast_steps), "--seed", str(seed))
-                if "synthetic" in wanted and (args.retrain or not (out / "models" / "model_synthetic.pt").is_file()):
-                    recalibrate(model, data, out / "models" / "model_synthetic.pt", seed, map_weights="synthetic")
-                copies = f"equal, {args.synthetic_copies} synthetic copies"
+                paths = {trained_with: model, f"{trained_with}, fast mode": fast_model}
+                for weights in args.map_weights[1:]:  # the exported model, recalibrated
+                    paths[weights] = out / "models" / f"model_{weights}.pt"
+                    if args.retrain or not paths[weights].is_file():
+                        recalibrate(model, data, paths[weights], seed, map_weights=weights)
+                copies = f"{trained_with}, {args.synthetic_copies} synthetic copies"
                 copies_model = out / "models" / f"model_copies{args.synthetic_copies}.pt"
                 if copies in wanted and (args.retrain or not copies_model.is_file()):
                     recalibrate(model, data, copies_model, seed, synthetic_copies=args.synthetic_copies)
-                paths = {"equal": model, "synthetic": out / "models" / "model_synthetic.pt", "equal, fast mode": fast_model,
-                         copies: copies_model}
+                paths[copies] = copies_model
                 for name in args.recalibrate:
                     row, settings = RECALIBRATIONS[name]
                     paths[row] = out / "models" / f"model_{name}.pt"
                     if args.retrain or not paths[row].is_file():
                         recalibrate(model, data, paths[row], seed, **settings)
+                for weights in args.map_weights if args.last_epoch else []:
+                    row, checkpoint = f"{weights}, last epoch", out / "checkpoints" / f"checkpoint_epoch={args.epochs}.pt"
+                    paths[row] = out / "models" / ("model_last_epoch.pt" if weights == trained_with else f"model_{weights}_last_epoch.pt")
+                    if args.retrain or not paths[row].is_file():
+                        recalibrate(model, data, paths[row], seed, network=checkpoint, map_weights=weights)
                 test_data = independent_test_set(root, dataset, args.test_images) if args.test_images else data
                 suffix = f"_test{args.test_images}" if args.test_images else ""
                 for weights in wanted:

@@ -42,7 +42,9 @@ def train_model(path, dims, preset, steps, seed=0):
     net = MTLMoENet(dims, 1, {t.name: t.head for t in tasks}, channels=(8, 16, 32, 32), strides=(2, 2, 2, 2))
     images = torch.from_numpy(head_phantoms(16, (32,) * dims, seed=1))
     fit_learner(net, tasks, images, steps=steps, batch_size=4 if dims == 2 else 2)
-    scorer = AnomalyScorer(net, tasks, fpr=0.1, preprocessing={"preset": preset, "spatial_size": 32})
+    # equal map weights: the output tests check where a blatant lesion lands in the written map, and a learner this
+    # small only finds it in the mixture (the selected map follows subtle synthetic lesions: NOTES_session9)
+    scorer = AnomalyScorer(net, tasks, fpr=0.1, map_weights="equal", preprocessing={"preset": preset, "spatial_size": 32})
     scorer.fit(torch.from_numpy(head_phantoms(8, (32,) * dims, seed=2)))
     scorer.save(path)
     return scorer

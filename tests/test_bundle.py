@@ -140,6 +140,8 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     cal = metrics["calibration"]
     assert cal["images"] == cal["calibration_valid_normals"] + cal["calibration_train_holdout"] == 2 + 1
     assert cal["train_images"] == 6 - 1 and metrics["model"]["last_epoch"] == 2
+    # by default the last epoch's weights are exported, whatever the validation said
+    assert metrics["model"]["epoch"] == 2 and metrics["model"]["selection"] == "last epoch (selection 'last')"
     # the model file says how long the learner trained: 2 epochs of 5 images in batches of 2 (last one dropped)
     assert metrics["model"]["training_steps"] == 2 * 2 and metrics["model"]["training_seconds"] > 0
     assert len(list((run / "overlays").glob("*.png"))) >= 2
@@ -187,8 +189,8 @@ def test_resume_a_killed_run(tmp_path):
 
     data = make_demo_dataset(tmp_path / "data", 2, n_train=8, n_valid=2, n_test=2, size=32)
     run = tmp_path / "run"
-    args = ["run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32), "--max_epochs", "30",
-            "--val_interval", "1"]
+    args = ["run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, 2, 32), "--selection", "best",
+            "--max_epochs", "30", "--val_interval", "1"]
     first = tmp_path / "first.log"
     with open(first, "w") as log:
         proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "monai.bundle", *args], cwd=ROOT,
@@ -266,7 +268,7 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     flags = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
     out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
                  "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0", "--batch_size", "2",
-                 *flags, "--max_epochs", "3", "--val_interval", "1")
+                 *flags, "--selection", "best", "--max_epochs", "3", "--val_interval", "1")
     model = run / "models" / "model.pt"
     state = load_checked(model)
     assert state["preprocessing"]["spatial_size"] == 48 and state["preprocessing"]["preset"] == "mri"

@@ -12,9 +12,12 @@ from monai_mtlmad.scoring.fusion import (
     image_scores,
     insert_validation_lesions,
     ledoit_wolf,
+    select_map_weights,
     synthetic_feature_weights,
 )
+from monai_mtlmad.scoring.student import distill_student
 from monai_mtlmad.tasks import ProxyTask, register_task
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_quantile
 from monai_mtlmad.transforms.functional import smooth_noise
 
 
@@ -109,6 +112,51 @@ def test_synthetic_lesions_choose_the_task_that_localises(test_set):
     assert set(res.image_scores) == set(AnomalyScorer.IMAGE_SCORES)
     for name in ("synthetic", "one_class", "map_quantile"):
         assert roc_auc(res.image_scores[name], labels) > 0.9, name
+
+
+def test_selected_map_weights_drop_a_map_that_only_blurs_the_best_one(test_set):
+    images, masks, labels = test_set
+    normals = discs(30, seed=1)
+    synthetic, selected = scorer("synthetic").fit(normals), scorer("selected").fit(normals)
+    # the proportional weights still give the noise some share; the selection gives it none
+    assert 0 < synthetic.fitted_map_weights["test_noise"] < 0.05, synthetic.fitted_map_weights
+    assert selected.fitted_map_weights == {"test_deviation": 1.0, "test_noise": 0.0}, selected.fitted_map_weights
+    assert selected.selection["fused_pixel_auroc"] > 0.9
+    fused = {}
+    for name, s in (("synthetic", synthetic), ("selected", selected)):
+        res = s.score(images)
+        fused[name] = pixel_auroc_anomalous(res.map, masks, labels, res.foreground)
+    assert fused["selected"] >= fused["synthetic"], fused
+    # the image features keep the user's mixture: the image scores are those of equal map weights
+    equal = scorer("equal").fit(normals)
+    assert selected.feature_map_weights == equal.fitted_map_weights == {"test_deviation": 1.0, "test_noise": 1.0}
+    torch.testing.assert_close(selected.score(images).image_scores["map_quantile"],
+                               equal.score(images).image_scores["map_quantile"])
+    # a task the user weighs 0 is never selected back in
+    off = scorer("selected", weights={"test_deviation": 0.0, "test_noise": 1.0}).fit(normals)
+    assert off.fitted_map_weights == {"test_deviation": 0.0, "test_noise": 1.0}
+    # the fast mode's student shows the selected map and describes the image with the user's mixture, as its teacher
+    student = distill_student(selected, [normals[:8]], [normals[8:]], steps=2, batch_size=4)
+    assert student.map_weights == selected.fitted_map_weights
+    fg = foreground_mask(images)
+    task_scores, task_maps = student.evidence(images, fg)
+    features, _ = student.features(task_scores, task_maps, fg)
+    mixture = (task_maps["test_deviation"] + task_maps["test_noise"]) / 2
+    torch.testing.assert_close(features[:, -1], foreground_quantile(mixture, fg, selected.quantile)[0].float().cpu())
+
+
+def test_selection_mixes_maps_that_see_different_lesions():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(20_000, generator=g) < 0.1
+    half = torch.rand(20_000, generator=g) < 0.5  # each map sees the lesion pixels of one half
+    left = torch.randn(20_000, generator=g) + 3.0 * (labels & half)
+    right = torch.randn(20_000, generator=g) + 3.0 * (labels & ~half)
+    noise = torch.randn(20_000, generator=g)
+    values = torch.stack([left, noise, right], 1)
+    weights, auroc = select_map_weights(values, labels, ["left", "noise", "right"])
+    assert weights["noise"] == 0 and abs(weights["left"] - 0.5) <= 0.1 and abs(weights["right"] - 0.5) <= 0.1, weights
+    assert auroc > max(roc_auc(left, labels), roc_auc(right, labels)) + 0.03
+    assert abs(auroc - roc_auc(values @ torch.tensor([weights["left"], 0.0, weights["right"]]), labels)) < 1e-6
 
 
 def test_every_image_score_has_its_own_threshold_and_can_decide(test_set):

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from monai_mtlmad.safe_io import load_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +74,7 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, timeout=900)
     result = json.loads((tmp_path / "results.json").read_text())
     runs = [(r["map_weights"], r["seed"]) for r in result["runs"]]
-    assert runs == [("equal", 0), ("synthetic", 0), ("equal, fast mode", 0)]
+    assert runs == [("selected", 0), ("equal", 0), ("selected, fast mode", 0)]
     # the fast mode (added by distill.json to a copy of the model) predicts task errors: every image score
     fast = result["runs"][2]["figures"]
     assert "image: synthetic" in fast and "image task: denoising" in fast and "pixel in anomalous: fused" in fast
@@ -80,22 +83,38 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
                  "pixel in anomalous: denoising", "image: trivial foreground fraction", "pixel in anomalous: raw intensity"):
         assert name in figures, name
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
-    assert "chest / 5 tasks + denoising / synthetic" in table and "| image: one_class |" in table
-    # again on an independent, larger test set: the trained model is reused, not trained again
+    assert "chest / 5 tasks + denoising / equal" in table and "| image: one_class |" in table
+    # the model as trained holds a selected mixture of the maps (multiples of a tenth, summing to 1); its copy
+    # recalibrated with equal weights, the user's weights
     model = next(tmp_path.rglob("models/model.pt"))
+    selected = load_checked(model)["scorer"]
+    weights = torch.tensor(list(selected["fitted_map_weights"].values()))
+    assert abs(float(weights.sum()) - 1) < 1e-6 and torch.allclose(weights * 10, (weights * 10).round(), atol=1e-5)
+    assert "fused_pixel_auroc" in selected["selection"]
+    equal = load_checked(model.with_name("model_equal.pt"))["scorer"]
+    assert set(equal["fitted_map_weights"].values()) == {1.0} and equal["map_weights"] == "equal"
+    # again on an independent, larger test set: the trained model is reused, not trained again
     trained, distilled = model.stat().st_mtime_ns, model.with_name("model_fast.pt").stat().st_mtime_ns
-    subprocess.run(cmd + ["--test_images", "6", "--map_weights", "equal"], check=True, capture_output=True, timeout=900)
+    subprocess.run(cmd + ["--test_images", "6", "--map_weights", "selected", "--last_epoch"], check=True,
+                   capture_output=True, timeout=900)
     assert model.stat().st_mtime_ns == trained and model.with_name("model_fast.pt").stat().st_mtime_ns == distilled
     result = json.loads((tmp_path / "results.json").read_text())
-    assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]][3:] == [("equal", 6), ("equal, fast mode", 6)]
+    assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]][3:] == [
+        ("selected", 6), ("selected, fast mode", 6), ("selected, last epoch", 6)]
+    # the last epoch's weights, as the last training checkpoint holds them
+    last = load_checked(model.with_name("model_last_epoch.pt"))
+    checkpoint = load_checked(model.parents[1] / "checkpoints" / "checkpoint_epoch=2.pt")["network"]
+    assert last["training"]["epoch"] == 2 and "checkpoint_epoch=2.pt" in last["training"]["selection"]
+    for key, value in checkpoint.items():
+        torch.testing.assert_close(last["network"][key], value)
     assert len(list((tmp_path / "data" / "chest_test6" / "test").rglob("img/*.png"))) == 6
-    assert "chest / 5 tasks + denoising / equal / 6 test images" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "chest / 5 tasks + denoising / selected / 6 test images" in (tmp_path / "results.md").read_text(encoding="utf-8")
     # retrained, the model's earlier rows are replaced, not kept beside the new ones
-    subprocess.run(cmd + ["--test_images", "6", "--map_weights", "equal", "--retrain"], check=True, capture_output=True,
+    subprocess.run(cmd + ["--test_images", "6", "--map_weights", "selected", "--retrain"], check=True, capture_output=True,
                    timeout=900)
     assert model.stat().st_mtime_ns != trained
     result = json.loads((tmp_path / "results.json").read_text())
-    assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]] == [("equal", 6), ("equal, fast mode", 6)]
+    assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]] == [("selected", 6), ("selected, fast mode", 6)]
 
 
 def test_quality_benchmark_compares_learner_peers_and_trivial_scores_at_one_budget(tmp_path):

@@ -13,6 +13,9 @@ vector into one score without any anomalous image:
 - weights from synthetic anomalies (:func:`insert_validation_lesions`): lesions of a family the learner never
   trains on are put into the calibration normals; each feature (and each task map, for the fused map) is weighted
   by how far its AUROC between those and the untouched normals exceeds chance (:func:`auroc_weights`).
+
+The fused map's task weights can also be *selected* on those lesions (:func:`select_map_weights`): greedy forward
+selection of whole maps, which keeps a single map when adding any other only blurs it.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import torch
 from monai.networks.layers import GaussianFilter
 
 from monai_mtlmad.metrics.functional import roc_auc
-from monai_mtlmad.transforms.foreground import foreground_quantile
+from monai_mtlmad.transforms.foreground import foreground_quantile, quantile_sample
 from monai_mtlmad.transforms.functional import irregular_blob_masks, sample_foreground_centres
 
 __all__ = [
     "insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "cross_fitted_one_class", "auroc_weights",
     "feature_names", "feature_vectors", "feature_aurocs", "synthetic_feature_weights", "FEATURE_SCALES", "image_scores",
-    "pixel_auroc",
+    "pixel_auroc", "normal_thresholds", "MAP_WEIGHTINGS", "pixel_sample", "select_map_weights",
 ]
 
 
@@ -145,22 +148,32 @@ def feature_vectors(
     foreground: torch.Tensor,
     map_weights: Mapping[str, float],
     quantile: float,
+    feature_map_weights: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The feature vectors ``(B, F)`` in :func:`feature_names` order (the insertion order of ``task_scores`` and
     ``task_maps``) and the fused, foreground-masked map ``(B, 1, *spatial)`` (``None`` without maps).
 
     The fused map is the ``map_weights``-weighted mean of the normalised task maps ``(B, 1, *spatial)``; map
-    features are their ``quantile`` over ``foreground (B, 1, *spatial)``. The full scorer and its distilled
-    student both describe an image this way, so their image scores are the same functions of their evidence."""
+    features are their ``quantile`` over ``foreground (B, 1, *spatial)``. The ``fused:map`` feature is that
+    quantile of the ``feature_map_weights`` mixture (None: of the fused map): the image features can keep the
+    user's mixture while the map shown is weighted to localise (``map_weights="selected"``). The full scorer and
+    its distilled student both describe an image this way, so their image scores are the same functions of their
+    evidence."""
     columns = [v.float().cpu() for v in task_scores.values()]
     columns += [foreground_quantile(m, foreground, quantile)[0].float().cpu() for m in task_maps.values()]
     fused = None
     if task_maps:
-        total = sum(map_weights[n] for n in task_maps)
-        fused = sum(map_weights[n] * m for n, m in task_maps.items()) / max(total, 1e-12)
-        quant, fused = foreground_quantile(fused, foreground, quantile)
+        quant, fused = foreground_quantile(_mixture(task_maps, map_weights), foreground, quantile)
+        if feature_map_weights is not None and any(feature_map_weights[n] != map_weights[n] for n in task_maps):
+            quant = foreground_quantile(_mixture(task_maps, feature_map_weights), foreground, quantile)[0]
         columns.append(quant.float().cpu())
     return torch.stack(columns, 1), fused
+
+
+def _mixture(task_maps: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """The ``weights``-weighted mean of the task maps."""
+    total = sum(weights[n] for n in task_maps)
+    return sum(weights[n] * m for n, m in task_maps.items()) / max(total, 1e-12)
 
 
 def feature_aurocs(normal: torch.Tensor, lesioned: torch.Tensor, names: list[str]) -> dict[str, float]:
@@ -202,8 +215,8 @@ def image_scores(
     one_class_scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every image score from feature vectors ``(B, F)`` named ``names`` (task errors, ``task:map`` quantiles,
-    ``fused:map``): ``task_mean`` (``task_weights``-weighted mean of the task errors), ``map_quantile`` (the fused
-    map's quantile; the task mean without maps), ``one_class`` (given scores, or the fitted state's) and
+    ``fused:map``): ``task_mean`` (``task_weights``-weighted mean of the task errors), ``map_quantile`` (the
+    ``fused:map`` feature; the task mean without maps), ``one_class`` (given scores, or the fitted state's) and
     ``synthetic`` (``feature_weights``-weighted sum), the last two when fitted."""
     col = {n: features[:, i] for i, n in enumerate(names)}
     total = sum(task_weights.values())
@@ -218,6 +231,23 @@ def image_scores(
     return out
 
 
+def normal_thresholds(
+    scores: Mapping[str, torch.Tensor], pixels: Sequence[torch.Tensor], fpr: float, pixel_fpr: float
+) -> tuple[dict[str, torch.Tensor], dict[str, float], float | None]:
+    """What a detector keeps of its calibration normals (the full scorer and the student alike): each image score's
+    sorted normal values (for p-values), its threshold at ``fpr``, and the pixel threshold at ``pixel_fpr`` over the
+    fused maps' sampled foreground values ``pixels`` (None without maps).
+
+    Args:
+        scores: ``{image score: (N,)}`` over the normals, each scored out of fold where it was fitted on them.
+        pixels: 1-D samples of the normals' fused-map foreground values.
+    """
+    normal = {k: torch.sort(v).values for k, v in scores.items()}
+    thresholds = {k: float(torch.quantile(v, 1 - fpr)) for k, v in normal.items()}
+    pixel = float(torch.quantile(quantile_sample(torch.cat(list(pixels))), 1 - pixel_fpr)) if len(pixels) else None
+    return normal, thresholds, pixel
+
+
 def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, limit: int = 500_000) -> float:
     """AUROC of ``maps`` values inside ``foreground``, lesion pixels (``masks``) against the rest; at most ``limit``
     pixels, evenly strided."""
@@ -226,3 +256,52 @@ def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor, foreground: torch.Tenso
     step = max(1, values.numel() // limit)
     return roc_auc(values[::step], labels[::step])
 
+
+MAP_WEIGHTINGS = ("equal", "synthetic", "selected")
+
+
+def pixel_sample(
+    batches: Sequence[tuple[Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor]], names: Sequence[str],
+    limit: int = 500_000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground pixels of several maps, evenly strided to at most about ``limit``: ``(values (P, T) in ``names``
+    order, lesion labels (P,) bool)``, from ``batches`` of ``(maps {name: (B, 1, *spatial)}, foreground, masks)``
+    (one pass over the batches, so a 3D calibration set is never held whole)."""
+    total = sum(int(fg.bool().sum()) for _, fg, _ in batches)
+    step = max(1, total // limit)
+    values, labels = [], []
+    for maps, fg, masks in batches:
+        fg = fg.bool()
+        values.append(torch.stack([maps[n][fg].float().cpu()[::step] for n in names], 1))
+        labels.append(masks.bool()[fg].cpu()[::step])
+    return torch.cat(values), torch.cat(labels)
+
+
+def select_map_weights(
+    values: torch.Tensor, labels: torch.Tensor, names: Sequence[str], rounds: int = 10, tol: float = 1e-3
+) -> tuple[dict[str, float], float]:
+    """Map fusion weights that maximise the fused map's pixel AUROC on synthetic lesions: greedy forward selection
+    with replacement (Caruana et al., ICML 2004), ``rounds`` steps of one map each, so weights are multiples of
+    ``1 / rounds``. The first step takes the best single map; the weights returned are the best along the path, a
+    later step counting only if it gains more than ``tol`` (an addition that changes nothing is noise, and a
+    smaller mixture is steadier).
+
+    Args:
+        values: ``(P, T)`` normalised map values of the pixels (:func:`pixel_sample`), one column per map.
+        labels: ``(P,)`` bool, pixel inside a synthetic lesion.
+        names: the ``T`` maps' names.
+
+    Returns:
+        ``({name: weight}`` summing to 1, the fused map's pixel AUROC with them``)``.
+    """
+    counts = torch.zeros(len(names), dtype=values.dtype)
+    best, best_counts = -1.0, None
+    for _ in range(rounds):
+        trials = [roc_auc(values @ (counts + torch.eye(len(names), dtype=values.dtype)[i]), labels) for i in
+                  range(len(names))]
+        i = max(range(len(names)), key=lambda k: (trials[k] if trials[k] == trials[k] else -1.0, -k))
+        counts[i] += 1
+        if trials[i] > best + tol or best_counts is None:
+            best, best_counts = trials[i], counts.clone()
+    weights = best_counts / best_counts.sum()
+    return {n: float(weights[k]) for k, n in enumerate(names)}, float(best)

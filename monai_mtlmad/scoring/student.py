@@ -39,10 +39,11 @@ from monai_mtlmad.scoring.fusion import (
     feature_vectors,
     image_scores,
     insert_validation_lesions,
+    normal_thresholds,
     pixel_auroc,
     synthetic_feature_weights,
 )
-from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean, quantile_sample
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_mean, random_subset
 
 if TYPE_CHECKING:
     from monai_mtlmad.scoring.scorer import AnomalyScorer
@@ -75,6 +76,8 @@ class DistilledStudent:
             error is ``sinh`` of the channel's foreground mean); empty: maps only, and ``map_quantile`` is its only
             image score.
         task_weights: each score task's weight in ``task_mean`` (the teacher's ``weights``); default equal.
+        feature_map_weights: the mixture of the maps whose quantile is the ``fused:map`` image feature (the
+            teacher's); None: ``map_weights``.
 
     Shapes:
         ``maps(images (B, C, *spatial)) -> {task: (B, 1, *spatial)}``;
@@ -95,6 +98,7 @@ class DistilledStudent:
         batch_size: int = 8,
         score_tasks: Sequence[str] = (),
         task_weights: Mapping[str, float] | None = None,
+        feature_map_weights: Mapping[str, float] | None = None,
     ) -> None:
         if not task_names:
             raise ValueError("the fast mode needs at least one dense task (it predicts their maps).")
@@ -111,10 +115,12 @@ class DistilledStudent:
             "batch_size": batch_size,
             "score_tasks": list(score_tasks),
             "task_weights": {n: float((task_weights or {}).get(n, 1.0)) for n in score_tasks},
+            "feature_map_weights": {n: float((feature_map_weights or map_weights)[n]) for n in task_names},
         }
         self.task_names = list(task_names)
         self.score_tasks = list(score_tasks)
         self.map_weights, self.task_weights = self.config["map_weights"], self.config["task_weights"]
+        self.feature_map_weights = self.config["feature_map_weights"]
         self.quantile, self.overlap, self.batch_size = quantile, overlap, batch_size
         self.roi_size = tuple(roi_size) if roi_size is not None else None
         self.net = UNet(
@@ -178,7 +184,7 @@ class DistilledStudent:
         (:func:`~monai_mtlmad.scoring.fusion.feature_vectors`)."""
         fg = foreground.to(next(iter(task_maps.values())).device)
         return feature_vectors({n: task_scores[n] for n in self.score_tasks}, {n: task_maps[n] for n in self.task_names},
-                               fg, self.map_weights, self.quantile)
+                               fg, self.map_weights, self.quantile, self.feature_map_weights)
 
     def image_scores(self, features: torch.Tensor, one_class: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every image score the student can give from its features (``map_quantile`` always; ``task_mean``,
@@ -204,8 +210,6 @@ class DistilledStudent:
         the full scorer's, :func:`~monai_mtlmad.scoring.fusion.synthetic_feature_weights`) and its one-class
         model (cross-fitted over ``folds``); the normal distribution and the threshold at ``fpr`` of every image
         score (p-values), and the pixel threshold at ``pixel_fpr``."""
-        from monai_mtlmad.scoring.scorer import _subset
-
         g = torch.Generator().manual_seed(seed)
         batches = [b for b in normal_batches]
         n = sum(b.shape[0] for b in batches)
@@ -217,7 +221,7 @@ class DistilledStudent:
             fg = foreground_mask(images, rim).to(self._device())
             feats, fused = self.features(*self.evidence(images, fg), fg)
             features.append(feats)
-            pixels += [_subset(m[f].float().cpu(), per_image, g) for m, f in zip(fused, fg)]
+            pixels += [random_subset(m[f].float().cpu(), per_image, g) for m, f in zip(fused, fg)]
             if self.score_tasks:
                 copies = insert_validation_lesions(images.float().cpu(), fg.cpu(), g)[0]
                 lesioned.append(self.features(*self.evidence(copies, fg), fg)[0])
@@ -231,9 +235,7 @@ class DistilledStudent:
             fold_of = torch.randperm(n, generator=g) % max(1, min(folds, n))
             self.one_class, one_class = cross_fitted_one_class(features, fold_of)
         scores = self.image_scores(features, one_class)
-        self.normal_scores = {k: torch.sort(v).values for k, v in scores.items()}
-        self.thresholds = {k: float(torch.quantile(v, 1 - fpr)) for k, v in self.normal_scores.items()}
-        self.pixel_threshold = float(torch.quantile(quantile_sample(torch.cat(pixels)), 1 - pixel_fpr))
+        self.normal_scores, self.thresholds, self.pixel_threshold = normal_thresholds(scores, pixels, fpr, pixel_fpr)
         return self
 
     def keeps_quality(self, tolerance: float = FAST_MODE_TOLERANCE) -> bool:
@@ -384,6 +386,7 @@ def distill_student(
         scorer.net.spatial_dims, scorer.net.in_channels, names, weights, channels=channels, quantile=scorer.quantile,
         roi_size=roi, overlap=scorer.overlap, batch_size=scorer.batch_size, score_tasks=score_names,
         task_weights={n: scorer.weights[n] for n in score_names},
+        feature_map_weights=scorer.feature_map_weights or weights,
     ).to(device)
     opt = torch.optim.AdamW(student.net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1))))

@@ -15,7 +15,9 @@ from monai.utils import TransformBackends, convert_to_dst_type
 from monai_mtlmad.transforms.keywise import KeyWised
 
 __all__ = [
-    "foreground_mask", "foreground_mean", "foreground_quantile", "upper_quantile", "quantile_sample", "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict"]
+    "foreground_mask", "foreground_mean", "foreground_quantile", "upper_quantile", "quantile_sample", "random_subset",
+    "ForegroundMask", "ForegroundMaskd", "ForegroundMaskD", "ForegroundMaskDict",
+]
 
 
 def foreground_mean(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
@@ -55,6 +57,13 @@ def quantile_sample(v: torch.Tensor, limit: int = 4_000_000) -> torch.Tensor:
         return v
     idx = torch.linspace(0, v.numel() - 1, limit, device=v.device).long()
     return torch.sort(v).values[idx]
+
+
+def random_subset(v: torch.Tensor, limit: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """At most ``limit`` values of ``v`` (flattened), drawn at random (calibration keeps a bounded pixel sample per
+    image)."""
+    v = v.reshape(-1)
+    return v if v.numel() <= limit else v[torch.randperm(v.numel(), generator=generator)[:limit]]
 
 
 def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: float = 0.01) -> torch.Tensor:
