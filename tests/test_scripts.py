@@ -109,6 +109,21 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
         torch.testing.assert_close(last["network"][key], value)
     assert len(list((tmp_path / "data" / "chest_test6" / "test").rglob("img/*.png"))) == 6
     assert "chest / 5 tasks + denoising / selected / 6 test images" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    # the map-selection study refits this model's calibration and scores its maps on the same 6 test images: each
+    # task's map scores there what evaluate.json measured for it
+    rows_path = tmp_path / "selection.json"
+    subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "scripts/map_selection_stability.py"), str(tmp_path),
+                    "chest", "--variant", "5_tasks_plus_denoising", "--test_images", "6", "--copies", "1", "2",
+                    "--draws", "0", "--output", str(rows_path)], check=True, capture_output=True, timeout=900)
+    rows = json.loads(rows_path.read_text())
+    evaluated = json.loads((model.parents[1] / "eval_selected_test6" / "metrics.json").read_text())
+    for task, auroc in evaluated["per_task_pixel_auroc_anomalous"].items():
+        assert abs(next(r["real"] for r in rows if r["rule"] == f"{task} alone") - auroc) < 1e-3, task
+    fits = [(r["rule"], r["copies"]) for r in rows if "copies" in r]
+    assert len(fits) == 6 and {c for _, c in fits} == {1, 2} and len({rule for rule, _ in fits}) == 3
+    for row in rows:
+        if "weights" in row:
+            assert abs(sum(row["weights"].values()) - 1) < 0.02 and 0 <= row["real"] <= 1
     # retrained, the model's earlier rows are replaced, not kept beside the new ones
     subprocess.run(cmd + ["--test_images", "6", "--map_weights", "selected", "--retrain"], check=True, capture_output=True,
                    timeout=900)
