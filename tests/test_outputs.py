@@ -80,8 +80,14 @@ def test_3d_maps_in_the_input_grid_and_the_same_scores_for_ras_and_lps(model_3d,
         written = nib.load(tmp_path / "out" / f"{name}_map.nii.gz")
         assert written.shape == shape
         np.testing.assert_allclose(written.affine, affine, atol=1e-4)
-        maps[name] = written.get_fdata()
-        assert where[peak(maps[name])], (name, peak(maps[name]))
+        maps[name] = amap = written.get_fdata()
+        # the map finds the lesion where the input holds it: most of its top 1 % lies in the lesion (by chance: 2 %),
+        # and it is higher there than where a map flipped along any axis, or transposed, would put the lesion. (Not
+        # its single peak: a learner this small can peak just as high on a stray voxel, which varies by machine.)
+        top = amap > np.quantile(amap, 0.99)
+        assert (top & where).sum() / top.sum() > 0.25, (name, (top & where).sum() / top.sum())
+        for mirror in [np.flip(where, axis) for axis in range(3)] + [where.transpose(1, 0, 2)]:
+            assert amap[where].mean() > amap[mirror].mean(), name
     # the same anatomy gets the same map value, voxel for voxel
     np.testing.assert_allclose(maps["lps"], maps["ras"][::-1, ::-1], atol=1e-3)
 
