@@ -250,11 +250,9 @@ def normal_thresholds(
 
 def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, limit: int = 500_000) -> float:
     """AUROC of ``maps`` values inside ``foreground``, lesion pixels (``masks``) against the rest; at most ``limit``
-    pixels, evenly strided."""
-    fg = foreground.bool()
-    values, labels = maps[fg].float().cpu(), masks.bool()[fg].cpu()
-    step = max(1, values.numel() // limit)
-    return roc_auc(values[::step], labels[::step])
+    pixels, evenly strided (:func:`pixel_sample` of one map)."""
+    values, labels = pixel_sample([({"map": maps}, foreground, masks)], ["map"], limit)
+    return roc_auc(values[:, 0], labels)
 
 
 MAP_WEIGHTINGS = ("equal", "synthetic", "selected")
