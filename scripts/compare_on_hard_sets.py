@@ -17,6 +17,7 @@ images, and the trivial baselines. Writes ``results.json`` and ``results.md`` (m
 ``--test_images N`` evaluates on an independent set of N test images drawn from the same generator with another
 seed (the default 48 leave an AUROC sampling spread of about 0.05, as large as the differences measured). A model
 already trained under --root is reused (its training seconds read from the model file) unless ``--retrain``.
+``--spatial_dims 3`` does the same on NIfTI volumes of ``--size``^3 (keep them under a --root of their own).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ VARIANTS = {
     "5 tasks, tilted orientation": [{"name": "orientation", "tilt": 20} if t == "orientation" else t for t in BASE_TASKS],
 }
 # --recalibrate NAME: the exported model refitted with these scorer settings, evaluated as the row named
-RECALIBRATIONS = {"normal_std": ("normal-std features", {"feature_scale": "normal_std"})}
+# (refit: the scorer's defaults of the code running now, e.g. a selection rule changed since the model was trained)
+RECALIBRATIONS = {"normal_std": ("normal-std features", {"feature_scale": "normal_std"}), "refit": ("refitted", {})}
 RIM = {"head": 0.06, "chest": 0.0}  # the heads are not skull-stripped; CT keeps its rim
 
 
@@ -138,6 +140,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:2], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--spatial_dims", type=int, default=2, choices=(2, 3), help="3: NIfTI volumes of --size^3")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--n_train", type=int, default=80)
     p.add_argument("--n_valid", type=int, default=32)
@@ -167,11 +170,11 @@ def main() -> None:
     for dataset in args.datasets:
         data = root / "data" / dataset
         if not data.exists():
-            make_demo_dataset(data, 2, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, size=args.size,
-                              seed=100, anatomy=dataset, hard=True)
+            make_demo_dataset(data, args.spatial_dims, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
+                              size=args.size, seed=100, anatomy=dataset, hard=True)
         if args.test_images and not (test_data := independent_test_set(root, dataset, args.test_images)).exists():
-            make_demo_dataset(test_data, 2, n_train=8, n_valid=8, n_test=args.test_images, size=args.size, seed=200,
-                              anatomy=dataset, hard=True)
+            make_demo_dataset(test_data, args.spatial_dims, n_train=8, n_valid=8, n_test=args.test_images,
+                              size=args.size, seed=200, anatomy=dataset, hard=True)
     for seed in args.seeds:  # seeds outermost: a run cut short still covers every dataset and variant
         for dataset in args.datasets:
             data = root / "data" / dataset
@@ -192,7 +195,8 @@ def main() -> None:
                 if args.retrain or not model.is_file():
                     bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs",
                            str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
-                           "--image_size", str(args.size), "--rim", str(RIM[dataset]), "--task_names", tasks,
+                           "--spatial_dims", str(args.spatial_dims), "--image_size", str(args.size),
+                           "--rim", str(RIM[dataset]), "--task_names", tasks,
                            "--map_weights", trained_with, "--overwrite", "true")
                     # the rows of the model just replaced describe another model now
                     runs = [r for r in runs if (r["dataset"], r["variant"], r["seed"]) != (dataset, variant, seed)]

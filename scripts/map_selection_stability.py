@@ -6,10 +6,11 @@ refit the scorer's calibration several times: with 1, 2 or 4 lesioned copies of 
 (``synthetic_copies``) and several draws of the synthetic lesions (the fit's ``seed``). On each draw's pixel sample,
 several selection rules choose map weights:
 
-- ``forward``: the scorer's rule (:func:`~monai_mtlmad.scoring.fusion.select_map_weights`: greedy forward selection
-  with replacement, a step counting if it gains more than ``tol``), at ``tol`` 0.001 (the default) and 0.005;
-- ``backward``: start from the equal mixture of every map and drop, one at a time, the map whose removal gains most
-  (more than 0.001): a rule that leans towards mixtures where forward selection leans towards one map.
+- ``backward``: the scorer's rule (:func:`~monai_mtlmad.scoring.fusion.select_map_weights`): start from the equal
+  mixture of every map and drop, one at a time, the map whose removal gains most, while it gains more than ``tol``
+  (0.005, the default; 0.001; 0.01): the larger ``tol``, the more the rule leans towards the mixture;
+- ``forward``: the rule before session 11 (greedy forward selection with replacement, a step counting if it gains
+  more than ``tol``), at ``tol`` 0.001 (its default) and 0.005: it leans towards one map.
 
 Each rule's fused map is then scored on the independent test set's real lesions (pixel AUROC inside the lesion
 images, as ``evaluate.json`` reports it), beside each single task's map and the equal mixture. The test set's raw task
@@ -38,24 +39,29 @@ from monai_mtlmad.scoring.fusion import select_map_weights
 from monai_mtlmad.transforms.foreground import foreground_mask
 
 
-def backward_elimination(values: torch.Tensor, labels: torch.Tensor, names, tol: float = 1e-3):
-    """Equal weights over the maps kept; drop the map whose removal gains the most pixel AUROC, while it gains
-    more than ``tol``."""
-    keep = list(range(len(names)))
-    best = roc_auc(values[:, keep].sum(1), labels)
-    while len(keep) > 1:
-        auc, drop = max((roc_auc(values[:, [k for k in keep if k != j]].sum(1), labels), j) for j in keep)
-        if auc <= best + tol:
-            break
-        best = auc
-        keep.remove(drop)
-    return {n: (1.0 / len(keep) if k in keep else 0.0) for k, n in enumerate(names)}, best
+def forward_selection(values: torch.Tensor, labels: torch.Tensor, names, rounds: int = 10, tol: float = 1e-3):
+    """The rule before session 11 (Caruana et al., ICML 2004): ``rounds`` greedy steps adding one map each (with
+    replacement, so weights are multiples of ``1 / rounds``); the best weights along the path, a later step counting
+    only if it gains more than ``tol``."""
+    counts = torch.zeros(len(names), dtype=values.dtype)
+    best, best_counts = -1.0, None
+    for _ in range(rounds):
+        trials = [roc_auc(values @ (counts + torch.eye(len(names), dtype=values.dtype)[i]), labels)
+                  for i in range(len(names))]
+        i = max(range(len(names)), key=lambda k: (trials[k] if trials[k] == trials[k] else -1.0, -k))
+        counts[i] += 1
+        if trials[i] > best + tol or best_counts is None:
+            best, best_counts = trials[i], counts.clone()
+    weights = best_counts / best_counts.sum()
+    return {n: float(weights[k]) for k, n in enumerate(names)}, float(best)
 
 
 RULES = {
-    "forward, tol 0.001 (default)": select_map_weights,
-    "forward, tol 0.005": lambda v, y, n: select_map_weights(v, y, n, tol=5e-3),
-    "backward, tol 0.001": backward_elimination,
+    "backward, tol 0.005 (default)": select_map_weights,
+    "backward, tol 0.001": lambda v, y, n: select_map_weights(v, y, n, tol=1e-3),
+    "backward, tol 0.01": lambda v, y, n: select_map_weights(v, y, n, tol=1e-2),
+    "forward, tol 0.001 (before session 11)": forward_selection,
+    "forward, tol 0.005": lambda v, y, n: forward_selection(v, y, n, tol=5e-3),
 }
 
 
@@ -98,7 +104,7 @@ def main() -> None:
 
     chosen = {}  # the selection rules' answers on the pixel sample of the fit in progress
 
-    def every_rule(values, labels_, names, **_):
+    def every_rule(values, labels_, names, *_, **__):
         for rule, select in RULES.items():
             chosen[rule] = select(values, labels_, names)
         return chosen[next(iter(RULES))]

@@ -159,6 +159,31 @@ def test_selection_mixes_maps_that_see_different_lesions():
     assert abs(auroc - roc_auc(values @ torch.tensor([weights["left"], 0.0, weights["right"]]), labels)) < 1e-6
 
 
+def test_selection_keeps_the_users_mixture_unless_the_lesions_show_a_map_blurs_it():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(50_000, generator=g) < 0.1
+    strong = torch.randn(50_000, generator=g) + 4.0 * labels  # finds the lesions at pixel AUROC ~0.998
+    weaker = torch.randn(50_000, generator=g) + 1.5 * labels  # mixed in, within 0.001 of the strong map alone
+    blur = torch.randn(50_000, generator=g) + 0.3 * labels  # above chance (~0.58), yet mixed in it blurs the strong map
+    noise = 0.3 * torch.randn(50_000, generator=g)  # at chance: sees nothing (and a small spread)
+    values = torch.stack([strong, weaker], 1)
+    assert abs(roc_auc(strong + weaker, labels) - roc_auc(strong, labels)) < 2e-3  # the lesions cannot tell them apart
+    weights, auroc = select_map_weights(values, labels, ["strong", "weaker"], weights=[3.0, 1.0])
+    assert weights == pytest.approx({"strong": 0.75, "weaker": 0.25}), weights  # the prior stays, as given
+    assert auroc == pytest.approx(roc_auc(values @ torch.tensor([3.0, 1.0]), labels), abs=1e-6)
+    assert roc_auc(blur, labels) > 0.55 and roc_auc(strong + blur, labels) < roc_auc(strong, labels) - 0.005
+    weights, _ = select_map_weights(torch.stack([strong, blur], 1), labels, ["strong", "blur"])
+    assert weights == {"strong": 1.0, "blur": 0.0}, weights  # eliminated on the evidence
+    # pure noise costs these strong lesions little (a removal would not pass tol), but it is left out at chance
+    assert roc_auc(strong + weaker, labels) - roc_auc(strong + weaker + noise, labels) < 0.005
+    three, names = torch.stack([strong, weaker, noise], 1), ["strong", "weaker", "noise"]
+    assert select_map_weights(three, labels, names)[0] == {"strong": 0.5, "weaker": 0.5, "noise": 0.0}
+    assert select_map_weights(three, labels, names, chance_margin=-1.0)[0]["noise"] > 0  # elimination alone keeps it
+    # no lesion pixel: nothing to decide on, the user's mixture and a nan AUROC
+    weights, auroc = select_map_weights(values, torch.zeros_like(labels), ["strong", "weaker"])
+    assert weights == {"strong": 0.5, "weaker": 0.5} and auroc != auroc
+
+
 def test_every_image_score_has_its_own_threshold_and_can_decide(test_set):
     images, _, labels = test_set
     s = scorer("synthetic", image_score="one_class").fit(discs(30, seed=1))

@@ -84,12 +84,13 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
         assert name in figures, name
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "chest / 5 tasks + denoising / equal" in table and "| image: one_class |" in table
-    # the model as trained holds a selected mixture of the maps (multiples of a tenth, summing to 1); its copy
-    # recalibrated with equal weights, the user's weights
+    # the model as trained holds a selected mixture of the maps (the user's equal weights over the maps kept, summing
+    # to 1); its copy recalibrated with equal weights, the user's weights
     model = next(tmp_path.rglob("models/model.pt"))
     selected = load_checked(model)["scorer"]
     weights = torch.tensor(list(selected["fitted_map_weights"].values()))
-    assert abs(float(weights.sum()) - 1) < 1e-6 and torch.allclose(weights * 10, (weights * 10).round(), atol=1e-5)
+    kept = weights[weights > 0]
+    assert abs(float(weights.sum()) - 1) < 1e-6 and torch.allclose(kept, torch.full_like(kept, 1 / len(kept)))
     assert "fused_pixel_auroc" in selected["selection"]
     equal = load_checked(model.with_name("model_equal.pt"))["scorer"]
     assert set(equal["fitted_map_weights"].values()) == {1.0} and equal["map_weights"] == "equal"
@@ -120,7 +121,7 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     for task, auroc in evaluated["per_task_pixel_auroc_anomalous"].items():
         assert abs(next(r["real"] for r in rows if r["rule"] == f"{task} alone") - auroc) < 1e-3, task
     fits = [(r["rule"], r["copies"]) for r in rows if "copies" in r]
-    assert len(fits) == 6 and {c for _, c in fits} == {1, 2} and len({rule for rule, _ in fits}) == 3
+    assert len(fits) == 10 and {c for _, c in fits} == {1, 2} and len({rule for rule, _ in fits}) == 5
     for row in rows:
         if "weights" in row:
             assert abs(sum(row["weights"].values()) - 1) < 0.02 and 0 <= row["real"] <= 1

@@ -122,14 +122,14 @@ class AnomalyScorer:
             distance of the feature vector from the normals'). See :mod:`~monai_mtlmad.scoring.fusion`;
             the default was chosen on independent 200-image test sets of the harder heads and chests (NOTES_session6).
             None: ``"synthetic"``, or ``"map_quantile"`` without ``synthetic_lesions``.
-        map_weights: the fused map's weights: ``"selected"`` (the default: the mixture of the maps with a positive
-            user weight that localises the synthetic lesions best, by greedy forward selection,
-            :func:`~monai_mtlmad.scoring.fusion.select_map_weights`; it keeps a single map when mixing in others only
-            blurs it), ``"equal"`` (the user's ``weights`` only) or ``"synthetic"`` (times each dense task's weight
+        map_weights: the fused map's weights: ``"selected"`` (the default: the user's mixture of the maps, less
+            each map whose removal the synthetic lesions show to localise them better, by backward elimination,
+            :func:`~monai_mtlmad.scoring.fusion.select_map_weights`; it keeps the mixture unless a map only blurs
+            the others), ``"equal"`` (the user's ``weights`` only) or ``"synthetic"`` (times each dense task's weight
             from its pixel AUROC on the synthetic lesions). The image features keep the user's mixture whatever
-            the map shown. Chosen on the harder heads and chests (NOTES_session9): the only weighting whose map is
-            level with the best single task's on both. None: ``"selected"``, or ``"equal"`` without
-            ``synthetic_lesions``.
+            the map shown. Chosen on the harder heads and chests (NOTES_session9, the rule NOTES_session11): the
+            only weighting whose map is at least level with the best single task's on both. None: ``"selected"``,
+            or ``"equal"`` without ``synthetic_lesions``.
         synthetic_lesions: at calibration, also score every normal with a synthetic lesion of a family the learner
             never trained on (doubles the calibration time); needed by the ``"synthetic"`` options.
         synthetic_copies: lesioned copies of each calibration normal (each one more scoring pass over the normals):
@@ -347,7 +347,9 @@ class AnomalyScorer:
         self.fitted_map_weights = self._map_weights()
         if self.map_weights == "selected" and values is not None:
             use = [k for k, n in enumerate(dense) if self.fitted_map_weights.get(n, 0.0) > 0]
-            chosen, auroc = select_map_weights(values[:, use], labels, [dense[k] for k in use]) if use else ({}, nan)
+            start = [self.fitted_map_weights[dense[k]] for k in use]  # the user's mixture: the prior
+            chosen, auroc = ({}, nan) if not use else select_map_weights(
+                values[:, use], labels, [dense[k] for k in use], start)
             if auroc == auroc:  # nan: no lesion pixel in the foreground, nothing to select on; keep the user's
                 self.fitted_map_weights = {n: chosen.get(n, 0.0) for n in self.fitted_map_weights}
                 self.selection["fused_pixel_auroc"] = auroc
