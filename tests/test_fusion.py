@@ -179,6 +179,10 @@ def test_selection_keeps_the_users_mixture_unless_the_lesions_show_a_map_blurs_i
     three, names = torch.stack([strong, weaker, noise], 1), ["strong", "weaker", "noise"]
     assert select_map_weights(three, labels, names)[0] == {"strong": 0.5, "weaker": 0.5, "noise": 0.0}
     assert select_map_weights(three, labels, names, chance_margin=-1.0)[0]["noise"] > 0  # elimination alone keeps it
+    # no map finds the lesions (a barely trained learner): no evidence, the user's mixture stands whole
+    chance = torch.stack([noise, torch.randn(50_000, generator=g), 0.5 * torch.randn(50_000, generator=g)], 1)
+    chosen = select_map_weights(chance, labels, ["a", "b", "c"], weights=[1.0, 1.0, 2.0], tol=0.0)[0]  # even at tol 0
+    assert chosen == {"a": 0.25, "b": 0.25, "c": 0.5}, chosen
     # no lesion pixel: nothing to decide on, the user's mixture and a nan AUROC
     weights, auroc = select_map_weights(values, torch.zeros_like(labels), ["strong", "weaker"])
     assert weights == {"strong": 0.5, "weaker": 0.5} and auroc != auroc

@@ -299,8 +299,8 @@ def select_map_weights(
         names: the ``T`` maps' names.
         weights: the ``T`` starting weights (positive; the user's mixture); default equal.
         tol: the pixel AUROC a removal must gain to be made.
-        chance_margin: a map whose own pixel AUROC is at most ``0.5 + chance_margin`` is left out from the start
-            (unless every map is).
+        chance_margin: a map whose own pixel AUROC is at most ``0.5 + chance_margin`` is left out from the start;
+            when every map is, the lesions carry no evidence and the user's mixture is returned whole.
 
     Returns:
         ``({name: weight}`` summing to 1, the fused map's pixel AUROC with them``)``; nan when ``labels`` hold no
@@ -309,7 +309,10 @@ def select_map_weights(
     start = torch.ones(len(names)) if weights is None else torch.as_tensor(weights, dtype=torch.float)
     start = start.to(values.dtype)
     own = [roc_auc(values[:, k], labels) for k in range(len(names))]
-    keep = [k for k in range(len(names)) if own[k] > 0.5 + chance_margin] or list(range(len(names)))
+    keep = [k for k in range(len(names)) if own[k] > 0.5 + chance_margin]
+    if not keep:  # no map finds these lesions: nothing to select on, the user's mixture stands
+        keep = list(range(len(names)))
+        tol = float("inf")
 
     def fused(kept: list[int]) -> float:
         auc = roc_auc(values[:, kept] @ start[kept], labels)
