@@ -289,9 +289,9 @@ def select_map_weights(
     scores within a few thousandths of it there, yet on real lesions the mixture localises better by 0.01-0.03; a
     greedy forward selection (the rule before session 11) kept that single map in most fits. ``tol`` 0.005 chose the
     better of "mixture" and "single map" in 17 of 18 fits measured on the harder heads and chests; 0.001 dropped to
-    the single map on chest, 0.01 kept a noisy mixture on heads more often (NOTES_session11). A map at chance on the lesions sees
-    nothing and leaves before the elimination: where the lesions are strong, mixing in pure noise costs so little on
-    them that no removal would pass ``tol``, while fainter real lesions drown in it.
+    the single map on chest, 0.01 kept a noisy mixture on heads more often (NOTES_session11). A map at chance on the
+    lesions sees nothing and leaves before the elimination: where the lesions are strong, mixing in pure noise costs
+    so little on them that no removal would pass ``tol``, while fainter real lesions drown in it.
 
     Args:
         values: ``(P, T)`` normalised map values of the pixels (:func:`pixel_sample`), one column per map.
@@ -309,17 +309,15 @@ def select_map_weights(
     start = torch.ones(len(names)) if weights is None else torch.as_tensor(weights, dtype=torch.float)
     start = start.to(values.dtype)
     own = [roc_auc(values[:, k], labels) for k in range(len(names))]
-    keep = [k for k in range(len(names)) if own[k] > 0.5 + chance_margin]
-    if not keep:  # no map finds these lesions: nothing to select on, the user's mixture stands
-        keep = list(range(len(names)))
-        tol = float("inf")
+    localising = [k for k in range(len(names)) if own[k] > 0.5 + chance_margin]
+    keep = localising or list(range(len(names)))  # none: no evidence to select on, the user's mixture stands whole
 
     def fused(kept: list[int]) -> float:
         auc = roc_auc(values[:, kept] @ start[kept], labels)
         return auc if auc == auc else -1.0  # nan (no lesion pixel) never wins
 
     best = fused(keep)
-    while len(keep) > 1:
+    while localising and len(keep) > 1:
         trials = {j: fused([k for k in keep if k != j]) for j in keep}
         drop = max(keep, key=lambda j: (trials[j], -j))  # ties: the first map goes
         if trials[drop] <= best + tol:
