@@ -246,6 +246,22 @@ def test_foreground_strips_the_skull_rim():
     assert blank.all()
 
 
+def test_a_head_small_in_its_volume_keeps_its_inside_under_the_rim():
+    # as FitSpacingd leaves an anisotropic head volume fitted whole into 48^3: the head fills a few percent of the
+    # cube, and a rim of 6 % of the cube's side is most of its radius. The mask must stay inside the head (it fell
+    # back to the whole cube, background included, when the erosion left under 1 % of the volume)
+    small, brain = head_phantoms(2, (20, 20, 20), seed=5, return_brain=True, scalp=True)
+    cube = np.zeros((2, 1, 48, 48, 48), np.float32)
+    cube[:, :, 14:34, 14:34, 14:34] = small
+    inside = np.zeros((2, 1, 48, 48, 48), bool)
+    inside[:, :, 14:34, 14:34, 14:34] = small > 0
+    mask = foreground_mask(cube, rim=0.06).numpy()
+    body = foreground_mask(cube).numpy()
+    for m, b, head in zip(mask, body, inside):
+        assert m.sum() < b.sum() and not (m & ~head).any()  # eroded, and nothing outside the head
+        assert m.sum() >= 0.25 * b.sum()  # the erosion left the inside of the head
+
+
 def test_3d_sliding_window_scores_full_volume():
     net, tasks = small(3)
     vol = torch.from_numpy(head_phantoms(3, (32, 32, 32), seed=4))

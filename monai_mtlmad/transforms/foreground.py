@@ -66,15 +66,24 @@ def random_subset(v: torch.Tensor, limit: int, generator: torch.Generator | None
     return v if v.numel() <= limit else v[torch.randperm(v.numel(), generator=generator)[:limit]]
 
 
-def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: float = 0.01) -> torch.Tensor:
+def foreground_mask(
+    images: NdarrayOrTensor, rim: float = 0.0, min_fraction: float = 0.01, min_kept: float = 0.25
+) -> torch.Tensor:
     """Body / head mask per image: Otsu threshold of the channel mean, largest connected component, holes filled,
     then eroded by ``rim`` (a fraction of the image side) to strip a bright outer rim such as skull and scalp
     on brain MRI that is not skull-stripped.
 
+    The erosion stops before it would leave less than ``min_kept`` of the body: a body small in its frame (a
+    volume fitted whole into the training size, with the head in a few percent of the cube) keeps its inside
+    instead of vanishing into the rim. The whole-image fallback is for images without a body, never for a body the
+    erosion ate (that fallback put a 48^3 cube's empty background into every statistic: NOTES_session12).
+
     Args:
         images: ``(B, C, *spatial)``.
         rim: erosion depth as a fraction of the smallest spatial size (0 keeps the whole body).
-        min_fraction: below this foreground fraction the mask falls back to the whole image (blank images).
+        min_fraction: a body below this fraction of the image (before the erosion) means none was found: the mask
+            falls back to the whole image (blank images).
+        min_kept: the least share of the body that the erosion leaves.
 
     Returns:
         bool tensor ``(B, 1, *spatial)`` on the images' device.
@@ -98,9 +107,16 @@ def foreground_mask(images: NdarrayOrTensor, rim: float = 0.0, min_fraction: flo
         if lab.max() > 0:
             fg = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
         fg = ndimage.binary_fill_holes(fg)
-        if depth > 0:
-            fg = ndimage.binary_erosion(fg, iterations=depth)
-        out[i] = fg if fg.mean() >= min_fraction else True
+        if fg.mean() < min_fraction:
+            out[i] = True
+            continue
+        body = fg.sum()
+        for _ in range(depth):  # one voxel layer at a time (as iterations=depth), stopping at min_kept
+            inner = ndimage.binary_erosion(fg)
+            if inner.sum() < min_kept * body:
+                break
+            fg = inner
+        out[i] = fg
     return torch.from_numpy(out).unsqueeze(1).to(x.device if torch.is_tensor(x) else "cpu")
 
 
