@@ -125,6 +125,16 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     for row in rows:
         if "weights" in row:
             assert abs(sum(row["weights"].values()) - 1) < 0.02 and 0 <= row["real"] <= 1
+    # the image-fusion study refits the same model and scores the same test images: its default fusion and its best
+    # single task are what evaluate.json measured
+    subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "scripts/image_fusion_study.py"), str(tmp_path),
+                    "--datasets", "chest", "--seeds", "0", "--variant", "5_tasks_plus_denoising", "--test_images", "6"],
+                   check=True, capture_output=True, timeout=900)
+    margins = json.loads((tmp_path / "image_fusion_study.json").read_text())
+    best = margins["best single task (AUROC, not a margin)"]["chest"][0]
+    assert abs(best - max(evaluated["per_task"].values())) < 1e-4  # metrics.json rounds to 4 places
+    assert abs(margins["synthetic (default)"]["chest"][0] + best - evaluated["image_scores"]["synthetic"]["auroc"]) < 1e-4
+    assert len(margins) >= 12 and "| Fisher, AUROC weights |" in (tmp_path / "image_fusion_study.md").read_text()
     # retrained, the model's earlier rows are replaced, not kept beside the new ones
     subprocess.run(cmd + ["--test_images", "6", "--map_weights", "selected", "--retrain"], check=True, capture_output=True,
                    timeout=900)
