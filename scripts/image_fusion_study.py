@@ -146,7 +146,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
-    (root / "image_fusion_study.md").write_text(table + "\n")
+    (root / "image_fusion_study.md").write_text(table + "\n", encoding="utf-8")
     (root / "image_fusion_study.json").write_text(json.dumps(margins, indent=1))
 
 

@@ -134,7 +134,7 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     best = margins["best single task (AUROC, not a margin)"]["chest"][0]
     assert abs(best - max(evaluated["per_task"].values())) < 1e-4  # metrics.json rounds to 4 places
     assert abs(margins["synthetic (default)"]["chest"][0] + best - evaluated["image_scores"]["synthetic"]["auroc"]) < 1e-4
-    assert len(margins) >= 12 and "| Fisher, AUROC weights |" in (tmp_path / "image_fusion_study.md").read_text()
+    assert len(margins) >= 12 and "| Fisher, AUROC weights |" in (tmp_path / "image_fusion_study.md").read_text(encoding="utf-8")
     # retrained, the model's earlier rows are replaced, not kept beside the new ones
     subprocess.run(cmd + ["--test_images", "6", "--map_weights", "selected", "--retrain"], check=True, capture_output=True,
                    timeout=900)
