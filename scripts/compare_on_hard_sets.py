@@ -53,10 +53,10 @@ def bundle(config: str, *args: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
 
 
-def recalibrate(model: Path, data: Path, out: Path, seed: int, network: Path | None = None, **settings) -> None:
+def recalibrate(model: Path, data: Path, out: Path | None, seed: int, network: Path | None = None, **settings):
     """Refit the exported model's scorer with other scorer ``settings`` (e.g. ``map_weights``) on the calibration
     split training used; with ``network`` (a training checkpoint), with that checkpoint's weights, as ``train.json``
-    would have exported them with ``--selection last``."""
+    would have exported them with ``--selection last``. Returns the refitted scorer, saved to ``out`` unless None."""
     from monai.data import DataLoader
 
     from monai_mtlmad.apps.bundle import image_dataset, split_as_trained
@@ -74,7 +74,9 @@ def recalibrate(model: Path, data: Path, out: Path, seed: int, network: Path | N
     for key, value in settings.items():
         setattr(scorer, key, value)
     scorer.fit(loader)
-    scorer.save(out)
+    if out is not None:
+        scorer.save(out)
+    return scorer
 
 
 def independent_test_set(root: Path, dataset: str, n: int) -> Path:

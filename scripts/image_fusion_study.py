@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,7 +32,10 @@ from sklearn.linear_model import LogisticRegression  # the test extra: pip insta
 
 import monai_mtlmad.scoring.scorer as scorer_module
 from monai_mtlmad.metrics.functional import roc_auc
-from monai_mtlmad.scoring.fusion import auroc_weights
+from monai_mtlmad.scoring.fusion import auroc_weights, synthetic_feature_weights
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_on_hard_sets import recalibrate  # noqa: E402
 
 
 def recorded_features(model: Path, data: Path, test_data: Path, seed: int) -> dict:
@@ -40,12 +44,9 @@ def recorded_features(model: Path, data: Path, test_data: Path, seed: int) -> di
     :func:`~monai_mtlmad.scoring.fusion.synthetic_feature_weights`, and those of the test images ``(T, F)``."""
     from monai.data import DataLoader
 
-    from monai_mtlmad.apps.bundle import image_dataset, split_as_trained
+    from monai_mtlmad.apps.bundle import image_dataset
     from monai_mtlmad.data.bmad import bmad_datalist
-    from monai_mtlmad.scoring import AnomalyScorer
 
-    scorer = AnomalyScorer.load(model)
-    scorer.student = None
     record, weigh = {}, scorer_module.synthetic_feature_weights
 
     def recording(normal, lesioned, names, scale="raw"):
@@ -54,11 +55,10 @@ def recorded_features(model: Path, data: Path, test_data: Path, seed: int) -> di
 
     scorer_module.synthetic_feature_weights = recording
     try:
-        _, items = split_as_trained(scorer, model, data, seed=seed)
-        det, _ = scorer.preprocessing(with_mask=False)
-        scorer.fit(DataLoader(image_dataset(items, det, what="calibration"), batch_size=8))
+        scorer = recalibrate(model, data, None, seed)
     finally:
         scorer_module.synthetic_feature_weights = weigh
+    det, _ = scorer.preprocessing(with_mask=False)
     test = bmad_datalist(test_data, "test", check=False)
     features = []
     with torch.no_grad():
@@ -79,8 +79,8 @@ def fusions(rec: dict) -> dict[str, np.ndarray]:
     def auroc(n, s):
         return roc_auc(np.r_[n, s], is_lesioned)
 
-    aurocs = {n: auroc(normal[:, i], synthetic[:, i]) for i, n in enumerate(names)}
-    weights = np.array([auroc_weights(aurocs)[n] for n in names])
+    aurocs, default = synthetic_feature_weights(torch.from_numpy(normal), torch.from_numpy(synthetic), names)
+    weights = np.array([default[n] for n in names])
     mu, sd = normal.mean(0), normal.std(0) + 1e-6
     zn, zs, zt = ((x - mu) / sd for x in (normal, synthetic, test))
     out = {
