@@ -144,6 +144,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--spatial_dims", type=int, default=2, choices=(2, 3), help="3: NIfTI volumes of --size^3")
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--spacing", type=float, default=None,
+                   help="3D: resample to this isotropic spacing (mm) in a --size^3 field of view (train.json --spacing); "
+                        "default: fit each whole volume into it")
     p.add_argument("--n_train", type=int, default=80)
     p.add_argument("--n_valid", type=int, default=32)
     p.add_argument("--n_test", type=int, default=48)
@@ -199,7 +202,8 @@ def main() -> None:
                            str(args.epochs), "--val_interval", str(args.epochs // 2), "--seed", str(seed),
                            "--spatial_dims", str(args.spatial_dims), "--image_size", str(args.size),
                            "--rim", str(RIM[dataset]), "--task_names", tasks,
-                           "--map_weights", trained_with, "--overwrite", "true")
+                           "--map_weights", trained_with, "--overwrite", "true",
+                           *(["--spacing", str(args.spacing)] if args.spacing else []))
                     # the rows of the model just replaced describe another model now
                     runs = [r for r in runs if (r["dataset"], r["variant"], r["seed"]) != (dataset, variant, seed)]
                     done = {key for key in done if key[:3] != (dataset, variant, seed)}
