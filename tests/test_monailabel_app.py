@@ -164,9 +164,9 @@ def served_2d(tmp_path_factory):
 def served_3d(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ml3d")
     data = make_demo_dataset(tmp / "data", 3, n_train=16, n_valid=4, n_test=6, size=32)
-    # 30 epochs (about 90 s on 2 cores): enough for the lesion voxels to stand out (pixel AUROC inside the lesion
-    # volumes 0.72 by evaluate.json, raw intensity there 0.35)
-    model = train(data, tmp / "run", 3, 32, 30)
+    # 60 epochs (about 3 min on 2 cores): 30 were enough on one machine (pixel AUROC inside the lesion volumes 0.84)
+    # and not on another (0.70)
+    model = train(data, tmp / "run", 3, 32, 60)
     studies = tmp / "studies"
     studies.mkdir()
     masks = {}
@@ -254,14 +254,21 @@ def test_3d_segment_and_map_carry_the_studys_grid_in_any_orientation_and_find_th
             volume = np.asarray(source.dataobj)
             picture_of_answer(volume[..., k].T, out[study][..., k].T, segment[..., k].T, masks[study][..., k].T,
                               info, Path(picture), f" for a 32^3 NIfTI volume (axial slice {k})")
-    # inside the body of each lesion volume, the lesion voxels score higher than the rest: measured 0.84; the same
-    # maps misplaced score 0.66 (axes 0 and 1 reversed) and 0.63 (rolled by 8 voxels along axis 2), since any map
-    # that is high inside the head and low at its rim scores above 0.5 here
+    # inside the body of each lesion volume, the lesion voxels score higher than the rest, and higher than with the
+    # same maps misplaced (axes 0 and 1 swapped; rolled by half the volume along axis 2: measured 0.58 and 0.57
+    # against 0.79 in place). Any map that is high inside the head and low at its rim scores above 0.5 here, and a
+    # short run is a different draw on another CPU, so a fixed bar alone either misses misplaced maps or fails good ones
     assert len(masks) == 3
     inside = {s: np.asarray(nib.load(studies / f"{s}.nii.gz").dataobj) > 0 for s in masks}
     truth = np.concatenate([masks[s][inside[s]] for s in masks])
-    scores = np.concatenate([out[s][inside[s]] for s in masks])
-    assert roc_auc_score(truth, scores) > 0.75
+
+    def auroc(place) -> float:
+        return roc_auc_score(truth, np.concatenate([place(out[s])[inside[s]] for s in masks]))
+
+    placed = auroc(lambda m: m)
+    swapped, rolled = auroc(lambda m: m.transpose(1, 0, 2)), auroc(lambda m: np.roll(m, m.shape[2] // 2, axis=2))
+    print(f"3D pixel AUROC inside lesion volumes: {placed:.3f}; misplaced: swapped {swapped:.3f}, rolled {rolled:.3f}")
+    assert placed > 0.6 and placed > max(swapped, rolled) + 0.05, (placed, swapped, rolled)
     # the LPS copy is the same volume in the world: its map is the RAS map with the first two axes reversed
     np.testing.assert_allclose(out["lps"][::-1, ::-1], out["ras"], rtol=1e-4, atol=1e-4)
     LATENCY["3D 32^3 volume"] = {"median_s": statistics.median(seconds), "max_s": max(seconds), "n": len(seconds)}
