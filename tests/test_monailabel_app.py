@@ -257,7 +257,7 @@ def test_3d_segment_and_map_carry_the_studys_grid_in_any_orientation_and_find_th
     # inside the body of each lesion volume, the lesion voxels score higher than the rest, and higher than with the
     # same maps misplaced (axes 0 and 1 swapped; rolled by half the volume along axis 2: measured 0.58 and 0.57
     # against 0.79 in place). Any map that is high inside the head and low at its rim scores above 0.5 here, and a
-    # short run is a different draw on another CPU, so a fixed bar alone either misses misplaced maps or fails good ones
+    # short run is a different draw on another CPU, so the bar of 0.75 alone can pass a weak map that is misplaced
     assert len(masks) == 3
     inside = {s: np.asarray(nib.load(studies / f"{s}.nii.gz").dataobj) > 0 for s in masks}
     truth = np.concatenate([masks[s][inside[s]] for s in masks])
@@ -268,7 +268,7 @@ def test_3d_segment_and_map_carry_the_studys_grid_in_any_orientation_and_find_th
     placed = auroc(lambda m: m)
     swapped, rolled = auroc(lambda m: m.transpose(1, 0, 2)), auroc(lambda m: np.roll(m, m.shape[2] // 2, axis=2))
     print(f"3D pixel AUROC inside lesion volumes: {placed:.3f}; misplaced: swapped {swapped:.3f}, rolled {rolled:.3f}")
-    assert placed > 0.6 and placed > max(swapped, rolled) + 0.05, (placed, swapped, rolled)
+    assert placed > 0.75 and placed > max(swapped, rolled) + 0.05, (placed, swapped, rolled)
     # the LPS copy is the same volume in the world: its map is the RAS map with the first two axes reversed
     np.testing.assert_allclose(out["lps"][::-1, ::-1], out["ras"], rtol=1e-4, atol=1e-4)
     LATENCY["3D 32^3 volume"] = {"median_s": statistics.median(seconds), "max_s": max(seconds), "n": len(seconds)}
