@@ -147,6 +147,9 @@ def main() -> None:
     p.add_argument("--spacing", type=float, default=None,
                    help="3D: resample to this isotropic spacing (mm) in a --size^3 field of view (train.json --spacing); "
                         "default: fit each whole volume into it")
+    p.add_argument("--crop_to_body", default=None, choices=("true", "false"),
+                   help="3D: crop each volume to its body's box before fitting it (train.json --crop_to_body; "
+                        "default: the bundle's, on in 3D)")
     p.add_argument("--n_train", type=int, default=80)
     p.add_argument("--n_valid", type=int, default=32)
     p.add_argument("--n_test", type=int, default=48)
@@ -203,7 +206,8 @@ def main() -> None:
                            "--spatial_dims", str(args.spatial_dims), "--image_size", str(args.size),
                            "--rim", str(RIM[dataset]), "--task_names", tasks,
                            "--map_weights", trained_with, "--overwrite", "true",
-                           *(["--spacing", str(args.spacing)] if args.spacing else []))
+                           *(["--spacing", str(args.spacing)] if args.spacing else []),
+                           *(["--crop_to_body", args.crop_to_body] if args.crop_to_body else []))
                     # the rows of the model just replaced describe another model now
                     runs = [r for r in runs if (r["dataset"], r["variant"], r["seed"]) != (dataset, variant, seed)]
                     done = {key for key in done if key[:3] != (dataset, variant, seed)}

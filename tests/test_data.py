@@ -240,7 +240,7 @@ def test_3d_canonical_pose_and_voxel_spacing(tmp_path):
     flip[:2, 3] = (shape[0] - 1, shape[1] - 1)
     nib.save(nib.Nifti1Image(ball, ras), tmp_path / "ras.nii.gz")
     nib.save(nib.Nifti1Image(np.ascontiguousarray(ball[::-1, ::-1]), ras @ flip), tmp_path / "lps.nii.gz")
-    det, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False)
+    det, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False, crop_to_body=False)
     a, b = (det({"image": str(tmp_path / f"{n}.nii.gz")})["image"] for n in ("ras", "lps"))
     assert a.shape == b.shape == (1, 32, 32, 32)
     torch.testing.assert_close(a.as_tensor(), b.as_tensor())  # the same anatomy, however it was stored
@@ -249,11 +249,63 @@ def test_3d_canonical_pose_and_voxel_spacing(tmp_path):
     inside = (a[0] > 0.5).numpy()
     extents = [np.ptp(np.nonzero(inside)[d]) + 1 for d in range(3)]
     assert max(extents) - min(extents) <= 1, extents  # 18 mm / 0.75 mm = 24 voxels along every axis
+    # by default the body's own box (the ball's 18 mm and a margin, not the 24 mm scan) fills the grid: finer
+    # isotropic voxels, the same for both storages, the anatomy magnified in proportion and still round
+    cropped, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False)
+    a, b = (cropped({"image": str(tmp_path / f"{n}.nii.gz")})["image"] for n in ("ras", "lps"))
+    torch.testing.assert_close(a.as_tensor(), b.as_tensor())
+    step = float(a.pixdim[0])
+    assert step < 0.7 and np.allclose(a.pixdim.numpy(), step)
+    inside = (a[0] > 0.5).numpy()
+    magnified = [np.ptp(np.nonzero(inside)[d]) + 1 for d in range(3)]
+    assert max(magnified) - min(magnified) <= 1, magnified
+    np.testing.assert_allclose(magnified, np.asarray(extents) * 0.75 / step, atol=1.5)
     fixed, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False, spacing=1.0)
     c = fixed({"image": str(tmp_path / "lps.nii.gz")})["image"]
     assert c.shape == (1, 32, 32, 32) and np.allclose(c.pixdim.numpy(), 1.0)  # 32 mm centred field of view
     with pytest.raises(ValueError, match="3D volumes only"):
         preprocessing("png", 32, spacing=1.0)
+    with pytest.raises(ValueError, match="3D volumes only"):
+        preprocessing("png", 32, crop_to_body=True)
+
+
+def test_3d_volumes_cropped_to_the_body_fill_the_grid_and_invert_onto_the_input(tmp_path):
+    """A head small and off-centre in an oblique LPS scan: cropped to its box it fills the training grid, and a
+    map computed there (here: the lesion mask as preprocessed) goes back onto the input's voxels."""
+    import math
+
+    from monai.transforms import Invertd
+
+    from monai_mtlmad.data import head_phantoms
+
+    shape, spacing = (72, 60, 40), (1.0, 1.2, 1.5)
+    volume = np.zeros(shape, np.float32)
+    volume[4:40, 28:56, 18:38] = head_phantoms(1, (36, 28, 20), seed=3)[0, 0]  # off-centre, 3 % of the scan
+    lesion = np.zeros(shape, bool)
+    lesion[18:24, 38:44, 25:30] = True
+    volume[lesion] = 1.0
+    angle = math.radians(8)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(
+        [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]]) @ np.diag(spacing)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # stored LPS: the first two axes reversed
+    flip[:2, 3] = (shape[0] - 1, shape[1] - 1)
+    nib.save(nib.Nifti1Image((volume[::-1, ::-1] * 1000).astype(np.int16), affine @ flip), tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(lesion[::-1, ::-1].astype(np.uint8), affine @ flip), tmp_path / "lesion.nii.gz")
+    item = {"image": str(tmp_path / "scan.nii.gz"), "mask": str(tmp_path / "lesion.nii.gz")}
+    out = {}
+    for crop in (False, True):
+        det, _ = preprocessing("mri", 32, spatial_dims=3, crop_to_body=crop)
+        d = det(dict(item))
+        d["map"] = d["mask"].clone()
+        back = Invertd("map", det, orig_keys="image", nearest_interp=False)(d)["map"][0].numpy() > 0.5
+        assert back.shape == shape
+        want = lesion[::-1, ::-1]
+        out[crop] = (d["image_foreground"].float().mean().item(), d["mask"].sum().item(), 2 * (back & want).sum() / (back.sum() + want.sum()))
+    (fg_whole, lesion_whole, dice_whole), (fg_crop, lesion_crop, dice_crop) = out[False], out[True]
+    assert fg_crop > 8 * fg_whole and fg_crop > 0.15, out  # the head fills the grid instead of 2 % of it
+    assert lesion_crop > 8 * lesion_whole, out  # the lesion gets that many more voxels to be found in
+    assert dice_crop > 0.95 and dice_whole > 0.8, out  # and both come back where the input holds the lesion
 
 
 def test_cached_pseudo_labels_move_with_the_image(tmp_path):

@@ -142,7 +142,9 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     state = load_checked(path)
     assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/2"
     assert state["tasks"][1]["grid"] == 2 and state["tasks"][1]["shifted_grids"] is True  # defaults written out
-    assert state["preprocessing"] == {"preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None}
+    assert state["preprocessing"] == {
+        "preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None, "crop_to_body": None,
+    }
     loaded = AnomalyScorer.load(path)
     assert loaded.net.config == net.config and loaded.net is not net
     assert [t.spec for t in loaded.tasks] == [t.spec for t in tasks] and loaded.tasks[1].out_channels == tasks[1].out_channels
@@ -152,6 +154,10 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     torch.testing.assert_close(a.map, b.map)
     det, _ = loaded.preprocessing()
     assert [type(t).__name__ for t in det.transforms][-3:] == ["ScaleIntensityInForegroundd", "Resized", "ForegroundMaskd"]
+    # a file from before the 3D crop to the body preprocesses as it was trained: uncropped
+    del state["preprocessing"]["crop_to_body"]
+    torch.save(state, tmp_path / "uncropped.pt")
+    assert AnomalyScorer.load(tmp_path / "uncropped.pt").preprocessing_config["crop_to_body"] is False
     # a file from before the model files described themselves cannot rebuild a network on its own
     del state["network_config"]
     torch.save(state, tmp_path / "old.pt")

@@ -14,9 +14,10 @@ wrong dimensionality, tiny, outside the preset's value range), so nothing unusab
 
 Geometry: 2D images are resized to ``spatial_size`` (BMAD's protocol). 3D volumes are first brought to a
 canonical pose (``Orientationd`` to RAS), so that the orientation task learns anatomy rather than how a file
-happens to be stored, then resampled with their voxel spacing respected: to a fixed ``spacing`` (mm) and centred
-in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which the whole volume fits
-``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI invertible transform, so maps
+happens to be stored, cropped to the body's bounding box (``crop_to_body``, on by default: the anatomy, not the
+scanner's empty field, fills the training grid), then resampled with their voxel spacing respected: to a fixed
+``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which
+the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI invertible transform, so maps
 computed at the training size go back to each input's own grid with ``Compose.inverse``.
 
 Masks follow the image with nearest neighbours and are binarised; the tissue mask goes under
@@ -34,6 +35,7 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import (
     Compose,
+    CropForegroundd,
     EnsureChannelFirst,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -53,7 +55,7 @@ from monai.data.utils import affine_to_spacing
 from monai.utils import convert_to_dst_type
 
 from monai_mtlmad.data.checks import CheckImaged
-from monai_mtlmad.transforms.foreground import ForegroundMaskd
+from monai_mtlmad.transforms.foreground import ForegroundMaskd, foreground_mask
 from monai_mtlmad.transforms.keywise import KeyWised
 from monai_mtlmad.transforms.functional import ensure_tuple_dims
 
@@ -69,6 +71,7 @@ __all__ = [
     "ScaleIntensityInForegroundd",
     "LoadMaskd",
     "FitSpacingd",
+    "CropToBodyd",
     "preprocessing",
 ]
 
@@ -199,6 +202,39 @@ class FitSpacingd(Spacingd):
         return super().__call__(data, lazy)
 
 
+class CropToBodyd(CropForegroundd):
+    """:class:`monai.transforms.CropForegroundd` to the body's bounding box (Otsu threshold, largest connected
+    component: :func:`~monai_mtlmad.transforms.foreground_mask`), widened by ``margin`` of the box's extent on each
+    side (padded with zeros where that leaves the image), so that a head or trunk small in its scan fills the
+    training field of view. Invertible like ``CropForegroundd``: maps go back to the input grid with
+    ``Compose.inverse``. An image without a body (blank) is kept whole.
+
+    Args:
+        keys: keys to crop (image and its masks share the box).
+        source_key: the image the body is found in.
+        margin: widening of the box on each side, as a fraction of its extent along that axis (room for the
+            random affine's rotation and scaling, and for lesions on the body's surface).
+    """
+
+    def __init__(self, keys: KeysCollection, source_key: str = "image", margin: float = 0.05, allow_missing_keys: bool = False):
+        super().__init__(keys, source_key, allow_smaller=False, allow_missing_keys=allow_missing_keys)
+        self.body_margin = float(margin)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        img = d[self.source_key]
+        body = foreground_mask(torch.as_tensor(img)[None])[0, 0].numpy()  # the whole image when none is found
+        coords = [np.flatnonzero(body.any(axis=tuple(j for j in range(body.ndim) if j != i))) for i in range(body.ndim)]
+        start = np.array([c[0] for c in coords])
+        end = np.array([c[-1] + 1 for c in coords])
+        # no margin around a whole image (no body found): nothing to gain from padding it
+        pad = np.zeros_like(start) if body.all() else np.ceil(self.body_margin * (end - start)).astype(int)
+        # every key is cropped, even to the whole image: the inverse pops one operation per transform
+        for key in self.key_iterator(d):
+            d[key] = self.cropper.crop_pad(img=d[key], box_start=start - pad, box_end=end + pad, mode="constant")
+        return d
+
+
 def preprocessing(
     preset: str = "png",
     spatial_size: int | Sequence[int] = 256,
@@ -208,6 +244,7 @@ def preprocessing(
     ct_window: tuple[float, float] = (-160.0, 240.0),
     with_mask: bool = True,
     spacing: float | Sequence[float] | None = None,
+    crop_to_body: bool | None = None,
 ) -> tuple[Compose, Compose]:
     """Deterministic and random preprocessing for datalist items ``{"image": path, "mask": path | None, ...}``.
 
@@ -222,6 +259,10 @@ def preprocessing(
         spacing: 3D only: voxel spacing in mm (one value or one per axis) to resample the RAS volume to before
             centring it in ``spatial_size`` (a fixed field of view of ``spatial_size * spacing`` mm: choose it to hold
             the anatomy); None fits each whole volume into ``spatial_size`` at an isotropic spacing.
+        crop_to_body: 3D only: crop each RAS volume to its body's bounding box (:class:`CropToBodyd`) before the
+            resampling, so that the anatomy, not the empty scanner field around it, fills ``spatial_size``; None
+            means yes for 3D. (A head filling 2-8 % of its fitted cube left the 3D maps at pixel AUROC 0.54 inside
+            lesion volumes, against 0.72 with the head filling the field of view: docs/NOTES_session13.md.)
 
     Returns:
         ``(deterministic, random)``: compose them, with a cache between, e.g.
@@ -245,12 +286,15 @@ def preprocessing(
     else:
         det.append(ScaleIntensityRanged("image", ct_window[0], ct_window[1], 0, 1, clip=True))
     if spatial_dims == 2:
-        if spacing is not None:
-            raise ValueError("spacing applies to 3D volumes only; 2D images are resized to spatial_size.")
+        if spacing is not None or crop_to_body:
+            raise ValueError("spacing and crop_to_body apply to 3D volumes only; 2D images are resized whole to "
+                             "spatial_size.")
         det.append(Resized(keys, size, mode=["area", "nearest"][: len(keys)]))
     else:
         modes = ["bilinear", "nearest"][: len(keys)]
         det.append(Orientationd(keys, axcodes="RAS"))
+        if crop_to_body is None or crop_to_body:
+            det.append(CropToBodyd(keys, "image"))
         if spacing is None:
             det.append(FitSpacingd(keys, size, mode=modes))
         else:

@@ -609,7 +609,10 @@ class AnomalyScorer:
             raise ValueError(f"{path}: the weights do not fit the network ({e}).") from e
         if map_location is not None:
             net.to(map_location)
-        scorer = cls(net, tasks, preprocessing=state.get("preprocessing"))
+        preprocessing = state.get("preprocessing")
+        if preprocessing is not None and "crop_to_body" not in preprocessing:
+            preprocessing = {**preprocessing, "crop_to_body": False}  # files from before the crop preprocess as trained
+        scorer = cls(net, tasks, preprocessing=preprocessing)
         scorer.load_state_dict(state["scorer"])
         scorer.training = dict(state.get("training") or {})
         if state.get("student") is not None:
