@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("dataset", choices=["head", "chest"])
     p.add_argument("--seed", type=int, default=0, help="the trained model's seed (and its calibration split)")
     p.add_argument("--variant", default="5_tasks")
-    p.add_argument("--test_images", type=int, default=200)
+    p.add_argument("--test_images", type=int, default=200, help="0: the training set's own test split")
     p.add_argument("--copies", nargs="+", type=int, default=[1, 2, 4])
     p.add_argument("--draws", nargs="+", type=int, default=[0, 1, 2], help="seeds of the synthetic lesions")
     p.add_argument("--output", type=Path, default=None)
@@ -85,7 +85,8 @@ def main() -> None:
     det, _ = scorer.preprocessing(with_mask=False)
     calibration = DataLoader(image_dataset(calibration, det, what="calibration"), batch_size=8)
     det_masked, _ = scorer.preprocessing(with_mask=True)
-    test_dir = args.root / "data" / f"{args.dataset}_test{args.test_images}"
+    # the independent test set, or (--test_images 0) the training set's own test split, as compare_on_hard_sets.py
+    test_dir = args.root / "data" / (f"{args.dataset}_test{args.test_images}" if args.test_images else args.dataset)
     test = DataLoader(make_dataset(bmad_datalist(test_dir, "test", check=False), det_masked, num_workers=0), batch_size=8)
     raws, fgs, masks, labels = [], [], [], []
     with torch.no_grad():
