@@ -17,8 +17,9 @@ canonical pose (``Orientationd`` to RAS), so that the orientation task learns an
 happens to be stored, cropped to the body's bounding box (``crop_to_body``, on by default: the anatomy, not the
 scanner's empty field, fills the training grid), then resampled with their voxel spacing respected: to a fixed
 ``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which
-the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI invertible transform, so maps
-computed at the training size go back to each input's own grid with ``Compose.inverse``.
+the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI
+invertible transform, so maps computed at the training size go back to each input's own grid with
+``Compose.inverse``.
 
 Masks follow the image with nearest neighbours and are binarised; the tissue mask goes under
 ``"image_foreground"``. The random part is mild (small affine, intensity scaling) and never flips: anatomy's
@@ -52,6 +53,7 @@ from monai.transforms import (
     Transform,
 )
 from monai.data.utils import affine_to_spacing
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type
 
 from monai_mtlmad.data.checks import CheckImaged
@@ -224,9 +226,7 @@ class CropToBodyd(CropForegroundd):
         d = dict(data)
         img = d[self.source_key]
         body = foreground_mask(torch.as_tensor(img)[None])[0, 0].numpy()  # the whole image when none is found
-        coords = [np.flatnonzero(body.any(axis=tuple(j for j in range(body.ndim) if j != i))) for i in range(body.ndim)]
-        start = np.array([c[0] for c in coords])
-        end = np.array([c[-1] + 1 for c in coords])
+        start, end = (np.asarray(corner) for corner in generate_spatial_bounding_box(body[None]))
         # no margin around a whole image (no body found): nothing to gain from padding it
         pad = np.zeros_like(start) if body.all() else np.ceil(self.body_margin * (end - start)).astype(int)
         # every key is cropped, even to the whole image: the inverse pops one operation per transform
