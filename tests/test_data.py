@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, SaveImage
 from PIL import Image
@@ -272,12 +273,11 @@ def test_3d_canonical_pose_and_voxel_spacing(tmp_path):
 
 def test_3d_volumes_cropped_to_the_body_fill_the_grid_and_invert_onto_the_input(tmp_path):
     """A head small and off-centre in an oblique LPS scan: cropped to its box it fills the training grid, and a
-    map computed there (here: the lesion mask as preprocessed) goes back onto the input's voxels."""
+    map computed there (here: the lesion mask as preprocessed) goes back onto the input's voxels, and what the crop
+    cut away takes the map's lowest value (no frame around the body)."""
     import math
 
-    from monai.transforms import Invertd
-
-    from monai_mtlmad.data import head_phantoms
+    from monai_mtlmad.data import InvertMap, head_phantoms
 
     shape, spacing = (72, 60, 40), (1.0, 1.2, 1.5)
     volume = np.zeros(shape, np.float32)
@@ -298,10 +298,17 @@ def test_3d_volumes_cropped_to_the_body_fill_the_grid_and_invert_onto_the_input(
     for crop in (False, True):
         det, _ = preprocessing("mri", 32, spatial_dims=3, crop_to_body=crop)
         d = det(dict(item))
-        d["map"] = d["mask"].clone()
-        back = Invertd("map", det, orig_keys="image", nearest_interp=False)(d)["map"][0].numpy() > 0.5
-        assert back.shape == shape
+        amap = d["mask"].as_tensor() - 1.0  # like an anomaly map: background at its lowest value (-1), lesion at 0
+        back = InvertMap(det)(d["image"], amap)
+        assert back.shape == (1, *shape) and np.allclose(back.affine.numpy(), affine @ flip)
+        back = back[0].numpy()
         want = lesion[::-1, ::-1]
+        # no frame: everything away from the lesion, inside the body's box or cut away with it, holds the lowest value
+        np.testing.assert_allclose(back[~ndimage.binary_dilation(want, iterations=6)], -1.0, atol=1e-4)
+        back = back > -0.5
+        if crop:  # the box holds the whole head: the body touches no face of the grid
+            body = d["image"][0].numpy() > 0.02
+            assert body.any() and not any(np.take(body, i, axis=a).any() for a in range(3) for i in (0, -1))
         out[crop] = (d["image_foreground"].float().mean().item(), d["mask"].sum().item(), 2 * (back & want).sum() / (back.sum() + want.sum()))
     (fg_whole, lesion_whole, dice_whole), (fg_crop, lesion_crop, dice_crop) = out[False], out[True]
     assert fg_crop > 8 * fg_whole and fg_crop > 0.15, out  # the head fills the grid instead of 2 % of it

@@ -56,9 +56,8 @@ class StudyScorer:
 
     def _load(self) -> None:
         """(Re)load the model when the file is new or was replaced since it was loaded."""
-        from monai.transforms import Invertd
-
         from monai_mtlmad.apps.bundle import load_detector
+        from monai_mtlmad.data.preprocessing import InvertMap
 
         if not self.model_path.is_file():
             raise FileNotFoundError(f"{self.model_path}: no model file; train one (bundle train.json) or point the app at one.")
@@ -68,7 +67,7 @@ class StudyScorer:
             return
         self.detector = load_detector(self.model_path, self.device, fast=self.fast)
         self.preprocessing = self.detector.preprocessing(with_mask=False)[0]
-        self.invert = Invertd("map", self.preprocessing, orig_keys="image", nearest_interp=False)
+        self.invert = InvertMap(self.preprocessing)
         self._stamp = stamp
 
     @property
@@ -85,8 +84,6 @@ class StudyScorer:
             FileNotFoundError: no such study, or no model file.
             ValueError: a study the model cannot score (unreadable, other dimensions or channels), naming it.
         """
-        from monai.data import MetaTensor
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such study.")
@@ -103,7 +100,7 @@ class StudyScorer:
             scores = det.score(image[None].to(self.device))
             if scores.map is None:
                 raise ValueError(f"{self.model_path}: the model's tasks are all global; it draws no anomaly map.")
-            amap = self.invert({"image": image, "map": MetaTensor(scores.map[0].detach().float().cpu())})["map"]
+            amap = self.invert(image, scores.map[0])
             threshold = det.map_threshold
             segmentation = (amap >= threshold).to(torch.uint8) if threshold is not None else torch.zeros_like(amap, dtype=torch.uint8)
             usage = {

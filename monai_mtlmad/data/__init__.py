@@ -29,8 +29,11 @@ from monai_mtlmad.data.preprocessing import (
     PRESETS,
     AsGrayscale,
     AsGrayscaled,
+    CropToBodyd,
     DropAlpha,
     DropAlphad,
+    FitSpacingd,
+    InvertMap,
     LoadMaskd,
     ScaleIntensityInForeground,
     ScaleIntensityInForegroundd,
@@ -48,5 +51,5 @@ __all__ = [
     "LESION_KINDS", "HEAD_LESION_KINDS", "CHEST_LESION_KINDS", "head_phantoms", "insert_lesions", "chest_phantoms",
     "insert_chest_lesions",
     "PRESETS", "PRESET_RIM", "default_rim", "AsGrayscale", "AsGrayscaled", "DropAlpha", "DropAlphad", "LoadMaskd", "ScaleIntensityInForeground",
-    "ScaleIntensityInForegroundd", "preprocessing",
+    "ScaleIntensityInForegroundd", "FitSpacingd", "CropToBodyd", "InvertMap", "preprocessing",
 ]

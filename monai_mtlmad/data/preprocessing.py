@@ -40,6 +40,7 @@ from monai.transforms import (
     EnsureChannelFirst,
     EnsureChannelFirstd,
     EnsureTyped,
+    Invertd,
     LoadImage,
     LoadImaged,
     MapTransform,
@@ -74,6 +75,7 @@ __all__ = [
     "LoadMaskd",
     "FitSpacingd",
     "CropToBodyd",
+    "InvertMap",
     "preprocessing",
 ]
 
@@ -233,6 +235,39 @@ class CropToBodyd(CropForegroundd):
         for key in self.key_iterator(d):
             d[key] = self.cropper.crop_pad(img=d[key], box_start=start - pad, box_end=end + pad, mode="constant")
         return d
+
+
+class InvertMap:
+    """Puts a map computed on the preprocessed grid back onto its input's grid: MONAI ``Invertd`` over the
+    deterministic preprocessing (resize, spacing, crop to the body, RAS pose), with what the preprocessing cut away
+    (outside the body's box, outside a fixed field of view) given the map's lowest value, not 0.
+
+    ``Invertd`` pads with zeros, while a map's background sits at its lowest value (about -1 normal units): the map
+    is inverted shifted to start at 0, then shifted back (resampling keeps constants), so no frame shows around the
+    body and its background does not rank above tissue.
+
+    Args:
+        preprocessing: the deterministic ``Compose`` the image went through (:func:`preprocessing`).
+    """
+
+    def __init__(self, preprocessing: Compose) -> None:
+        self.invert = Invertd("map", preprocessing, orig_keys="image", nearest_interp=False)
+
+    def __call__(self, image: torch.Tensor, amap: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            image: the preprocessed ``MetaTensor`` (its transform history says what to undo).
+            amap: ``(1, *spatial)`` map on the preprocessed grid.
+
+        Returns:
+            ``(1, *input spatial)`` ``MetaTensor`` in the input's grid, with its affine.
+        """
+        from monai.data import MetaTensor
+
+        amap = amap.detach().float().cpu()
+        low = amap.min()
+        back = self.invert({"image": image, "map": MetaTensor(amap - low)})["map"]
+        return back + low
 
 
 def preprocessing(

@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 from PIL import Image
 
 from monai_mtlmad.data.files import is_raster, stem
+from monai_mtlmad.data.preprocessing import InvertMap
 from monai_mtlmad.metrics.anomaly import compute_anomaly_metrics, pixel_auroc_anomalous
 from monai_mtlmad.metrics.functional import average_precision, roc_auc
 from monai_mtlmad.scoring.overlay import blend_map, map_to_uint8, render_overlay
@@ -393,13 +394,11 @@ class AnomalyMapWriter:
     def __init__(
         self, output_dir: str | Path, preprocessing, data_root: str | Path | None = None, overwrite: bool = False
     ) -> None:
-        from monai.transforms import Invertd
-
         if (Path(output_dir) / "scores.csv").exists() and not overwrite:
             raise FileExistsError(f"{output_dir} already holds the results of an earlier run (scores.csv): choose "
                                   "another --output_dir, or replace them with --overwrite true.")
         self.output_dir, self.data_root = Path(output_dir), data_root
-        self.invert = Invertd("map", preprocessing, orig_keys="image", nearest_interp=False)
+        self.invert = InvertMap(preprocessing)
         self.rows: list[list] = []
         self.skipped: list[tuple[str, str]] = []
         self.tasks: list[str] = []
@@ -414,8 +413,6 @@ class AnomalyMapWriter:
         self.skipped = []
 
     def write_batch(self, engine: Engine) -> None:
-        from monai.data import MetaTensor
-
         from monai_mtlmad.apps.serving import write_study_map
 
         o = engine.state.output
@@ -430,7 +427,7 @@ class AnomalyMapWriter:
                              "pseudo_anomaly, pseudo_label, denoising), or evaluate it with evaluate.json.")
         for i, image in enumerate(o["inputs"]):
             name = str(image.meta["filename_or_obj"])
-            amap = self.invert({"image": image, "map": MetaTensor(o["map"][i].detach().float().cpu())})["map"]
+            amap = self.invert(image, o["map"][i])
             if is_raster(name):
                 grid = amap[0].numpy().T  # MONAI's readers put x first; pictures are stored rows first
                 np.save(output_path(self.output_dir, name, "map.npy", self.data_root), grid.astype(np.float32))
