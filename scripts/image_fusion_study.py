@@ -50,9 +50,10 @@ def recorded_features(model: Path, data: Path, test_data: Path, seed: int) -> di
 
     record, weigh = {}, scorer_module.synthetic_feature_weights
 
-    def recording(normal, lesioned, names, scale="raw"):
-        record.update(normal=normal.double().numpy(), synthetic=lesioned.double().numpy(), names=list(names))
-        return weigh(normal, lesioned, names, scale)
+    def recording(normal, lesioned, names, *settings):
+        record.update(normal=normal.double().numpy(), synthetic=lesioned.double().numpy(), names=list(names),
+                      settings=settings)
+        return weigh(normal, lesioned, names, *settings)
 
     scorer_module.synthetic_feature_weights = recording
     try:
@@ -80,7 +81,8 @@ def fusions(rec: dict) -> dict[str, np.ndarray]:
     def auroc(n, s):
         return roc_auc(np.r_[n, s], is_lesioned)
 
-    aurocs, default = synthetic_feature_weights(torch.from_numpy(normal), torch.from_numpy(synthetic), names)
+    aurocs, default = synthetic_feature_weights(torch.from_numpy(normal), torch.from_numpy(synthetic), names,
+                                                *rec["settings"])  # as the scorer fits them
     weights = np.array([default[n] for n in names])
     mu, sd = normal.mean(0), normal.std(0) + 1e-6
     zn, zs, zt = ((x - mu) / sd for x in (normal, synthetic, test))
