@@ -119,8 +119,8 @@ def fusions(rec: dict) -> dict[str, np.ndarray]:
     # the two that each won one set in session 12 (synthetic on heads, the fused map on chest), z-scored on the
     # calibration normals and summed: written down before seeds 3-5 were trained (docs/NOTES_session15.md)
     fused = test[:, names.index("fused:map")], normal[:, names.index("fused:map")]
-    default = test @ weights, normal @ weights
-    out["synthetic + fused map quantile, z-summed"] = sum((t - n.mean()) / (n.std() + 1e-12) for t, n in (default, fused))
+    weighted = test @ weights, normal @ weights
+    out["synthetic + fused map quantile, z-summed"] = sum((t - n.mean()) / (n.std() + 1e-12) for t, n in (weighted, fused))
     return out
 
 

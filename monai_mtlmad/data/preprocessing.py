@@ -53,6 +53,7 @@ from monai.transforms import (
     Spacingd,
     Transform,
 )
+from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type
@@ -262,8 +263,6 @@ class InvertMap:
         Returns:
             ``(1, *input spatial)`` ``MetaTensor`` in the input's grid, with its affine.
         """
-        from monai.data import MetaTensor
-
         amap = amap.detach().float().cpu()
         low = amap.min()
         back = self.invert({"image": image, "map": MetaTensor(amap - low)})["map"]
