@@ -49,8 +49,9 @@ compare-hard: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
+# the research scripts' tests (hard-set comparison with its studies, quality benchmark): about 5 minutes; CI runs it
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=5
 
 # The MONAI Label app in its own environment: MONAI Label needs torchvision, and PyPI's torchvision does not import
 # beside the CPU torch 2.13.0 of .venv; torch 2.14.1 and torchvision 0.29.1 install together here (a large CUDA

@@ -67,6 +67,7 @@ def test_step_profile_names_where_the_time_goes(tmp_path):
     assert moe["step_s"] >= moe["parts_s"]["backward"] and moe["top_ops"]
 
 
+@pytest.mark.slow  # research scripts, minutes each: `make test-slow` (CI runs it too)
 def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     cmd = [sys.executable, "-W", "ignore", str(ROOT / "scripts/compare_on_hard_sets.py"), "--root", str(tmp_path),
            "--datasets", "chest", "--variants", "5 tasks + denoising", "--seeds", "0", "--epochs", "2", "--size", "32",
@@ -143,6 +144,7 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     assert [(r["map_weights"], r.get("test_images", 0)) for r in result["runs"]] == [("selected", 6), ("selected, fast mode", 6)]
 
 
+@pytest.mark.slow  # research scripts, minutes each: `make test-slow` (CI runs it too)
 def test_quality_benchmark_compares_learner_peers_and_trivial_scores_at_one_budget(tmp_path):
     from monai_mtlmad.data import make_demo_dataset
 
