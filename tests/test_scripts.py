@@ -122,7 +122,7 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     for task, auroc in evaluated["per_task_pixel_auroc_anomalous"].items():
         assert abs(next(r["real"] for r in rows if r["rule"] == f"{task} alone") - auroc) < 1e-3, task
     fits = [(r["rule"], r["copies"]) for r in rows if "copies" in r]
-    assert len(fits) == 10 and {c for _, c in fits} == {1, 2} and len({rule for rule, _ in fits}) == 5
+    assert len(fits) == 12 and {c for _, c in fits} == {1, 2} and len({rule for rule, _ in fits}) == 6
     for row in rows:
         if "weights" in row:
             assert abs(sum(row["weights"].values()) - 1) < 0.02 and 0 <= row["real"] <= 1
