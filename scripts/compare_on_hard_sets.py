@@ -149,7 +149,7 @@ def main() -> None:
                         "default: fit each whole volume into it")
     p.add_argument("--crop_to_body", default=None, choices=("true", "false"),
                    help="3D: crop each volume to its body's box before fitting it (train.json --crop_to_body; "
-                        "default: the bundle's, on in 3D)")
+                        "default: the bundle's, off)")
     p.add_argument("--n_train", type=int, default=80)
     p.add_argument("--n_valid", type=int, default=32)
     p.add_argument("--n_test", type=int, default=48)

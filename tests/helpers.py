@@ -44,8 +44,8 @@ def train_model(path, dims, preset, steps, seed=0):
     fit_learner(net, tasks, images, steps=steps, batch_size=4 if dims == 2 else 2)
     # equal map weights: the output tests check where a blatant lesion lands in the written map, and a learner this
     # small only finds it in the mixture (the selected map follows subtle synthetic lesions: NOTES_session9)
-    # trained on whole phantom cubes, so scored on whole volumes: the crop to the body would magnify the head past
-    # anything this learner saw (the bundle trains and scores through the same preprocessing, crop included)
+    # trained on whole phantom cubes, so scored on whole volumes (the default; said here since the crop to the body
+    # would magnify the head past anything this learner saw)
     preprocessing = {"preset": preset, "spatial_size": 32, **({"crop_to_body": False} if dims == 3 else {})}
     scorer = AnomalyScorer(net, tasks, fpr=0.1, map_weights="equal", preprocessing=preprocessing)
     scorer.fit(torch.from_numpy(head_phantoms(8, (32,) * dims, seed=2)))

@@ -242,18 +242,18 @@ def test_3d_canonical_pose_and_voxel_spacing(tmp_path):
     flip[:2, 3] = (shape[0] - 1, shape[1] - 1)
     nib.save(nib.Nifti1Image(ball, ras), tmp_path / "ras.nii.gz")
     nib.save(nib.Nifti1Image(np.ascontiguousarray(ball[::-1, ::-1]), ras @ flip), tmp_path / "lps.nii.gz")
-    det, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False, crop_to_body=False)
+    det, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False)
     a, b = (det({"image": str(tmp_path / f"{n}.nii.gz")})["image"] for n in ("ras", "lps"))
     assert a.shape == b.shape == (1, 32, 32, 32)
     torch.testing.assert_close(a.as_tensor(), b.as_tensor())  # the same anatomy, however it was stored
-    # the whole field of view fits at one isotropic spacing (24 mm / 32 voxels): the ball stays round
+    # by default the whole field of view fits at one isotropic spacing (24 mm / 32 voxels): the ball stays round
     np.testing.assert_allclose(a.pixdim.numpy(), [0.75] * 3, atol=1e-6)
     inside = (a[0] > 0.5).numpy()
     extents = [np.ptp(np.nonzero(inside)[d]) + 1 for d in range(3)]
     assert max(extents) - min(extents) <= 1, extents  # 18 mm / 0.75 mm = 24 voxels along every axis
-    # by default the body's own box (the ball's 18 mm and a margin, not the 24 mm scan) fills the grid: finer
+    # cropped, the body's own box (the ball's 18 mm and a margin, not the 24 mm scan) fills the grid: finer
     # isotropic voxels, the same for both storages, the anatomy magnified in proportion and still round
-    cropped, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False)
+    cropped, _ = preprocessing("mri", 32, spatial_dims=3, with_mask=False, crop_to_body=True)
     a, b = (cropped({"image": str(tmp_path / f"{n}.nii.gz")})["image"] for n in ("ras", "lps"))
     torch.testing.assert_close(a.as_tensor(), b.as_tensor())
     step = float(a.pixdim[0])

@@ -143,7 +143,7 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     assert state["package_version"] == __version__ and state["format"] == "monai-mtlmad-model/2"
     assert state["tasks"][1]["grid"] == 2 and state["tasks"][1]["shifted_grids"] is True  # defaults written out
     assert state["preprocessing"] == {
-        "preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None, "crop_to_body": None,
+        "preset": "mri", "spatial_size": 48, "ct_window": [-160.0, 240.0], "spacing": None, "crop_to_body": False,
     }
     loaded = AnomalyScorer.load(path)
     assert loaded.net.config == net.config and loaded.net is not net
@@ -163,6 +163,27 @@ def test_model_file_rebuilds_the_whole_detector(tmp_path):
     torch.save(state, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="old.pt: an older model file"):
         AnomalyScorer.load(tmp_path / "old.pt")
+
+
+def test_3d_model_files_crop_as_they_were_trained(tmp_path):
+    net, tasks = small(3)
+    scorer = AnomalyScorer(net, tasks, batch_size=2, preprocessing={"preset": "mri", "spatial_size": 32})
+    scorer.fit(torch.from_numpy(head_phantoms(2, (32, 32, 32), seed=4)))
+    scorer.save(tmp_path / "model.pt")
+    state = load_checked(tmp_path / "model.pt")
+    assert state["preprocessing"]["crop_to_body"] is False  # the default (whole scan) written out
+
+    def steps(crop):
+        state["preprocessing"]["crop_to_body"] = crop
+        if crop == "absent":
+            del state["preprocessing"]["crop_to_body"]
+        torch.save(state, tmp_path / "edited.pt")
+        det, _ = AnomalyScorer.load(tmp_path / "edited.pt").preprocessing()
+        return [type(t).__name__ for t in det.transforms]
+
+    assert "CropToBodyd" not in steps(False) and "CropToBodyd" in steps(True)
+    # sessions 14-15 wrote None when the crop was the 3D default: those files keep cropping; older ones never did
+    assert "CropToBodyd" in steps(None) and "CropToBodyd" not in steps("absent")
 
 
 def test_model_files_of_an_older_format_are_refused(tmp_path, trained):

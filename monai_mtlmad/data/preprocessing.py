@@ -14,8 +14,8 @@ wrong dimensionality, tiny, outside the preset's value range), so nothing unusab
 
 Geometry: 2D images are resized to ``spatial_size`` (BMAD's protocol). 3D volumes are first brought to a
 canonical pose (``Orientationd`` to RAS), so that the orientation task learns anatomy rather than how a file
-happens to be stored, cropped to the body's bounding box (``crop_to_body``, on by default: the anatomy, not the
-scanner's empty field, fills the training grid), then resampled with their voxel spacing respected: to a fixed
+happens to be stored, optionally cropped to the body's bounding box (``crop_to_body``: the anatomy, not the
+scanner's empty field, fills the training grid; off by default), then resampled with their voxel spacing respected: to a fixed
 ``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which
 the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI
 invertible transform, so maps computed at the training size go back to each input's own grid with
@@ -278,7 +278,7 @@ def preprocessing(
     ct_window: tuple[float, float] = (-160.0, 240.0),
     with_mask: bool = True,
     spacing: float | Sequence[float] | None = None,
-    crop_to_body: bool | None = None,
+    crop_to_body: bool = False,
 ) -> tuple[Compose, Compose]:
     """Deterministic and random preprocessing for datalist items ``{"image": path, "mask": path | None, ...}``.
 
@@ -294,9 +294,10 @@ def preprocessing(
             centring it in ``spatial_size`` (a fixed field of view of ``spatial_size * spacing`` mm: choose it to hold
             the anatomy); None fits each whole volume into ``spatial_size`` at an isotropic spacing.
         crop_to_body: 3D only: crop each RAS volume to its body's bounding box (:class:`CropToBodyd`) before the
-            resampling, so that the anatomy, not the empty scanner field around it, fills ``spatial_size``; None
-            means yes for 3D. (A head filling 2-8 % of its fitted cube left the 3D maps at pixel AUROC 0.54 inside
-            lesion volumes, against 0.72 with the head filling the field of view: docs/NOTES_session13.md.)
+            resampling, so that the anatomy, not the empty scanner field around it, fills ``spatial_size``. Off by
+            default: on the harder 3D heads (a head of 26-51 mm in a 72 mm field of view) the crop raised the
+            inpainting map on three paired seeds, yet the default (selected) map scored lower with it on all three,
+            by 0.14 on average inside lesion volumes (docs/NOTES_session16.md). None counts as False.
 
     Returns:
         ``(deterministic, random)``: compose them, with a cache between, e.g.
@@ -327,7 +328,7 @@ def preprocessing(
     else:
         modes = ["bilinear", "nearest"][: len(keys)]
         det.append(Orientationd(keys, axcodes="RAS"))
-        if crop_to_body is None or crop_to_body:
+        if crop_to_body:
             det.append(CropToBodyd(keys, "image"))
         if spacing is None:
             det.append(FitSpacingd(keys, size, mode=modes))

@@ -610,8 +610,11 @@ class AnomalyScorer:
         if map_location is not None:
             net.to(map_location)
         preprocessing = state.get("preprocessing")
-        if preprocessing is not None and "crop_to_body" not in preprocessing:
-            preprocessing = {**preprocessing, "crop_to_body": False}  # files from before the crop preprocess as trained
+        if preprocessing is not None:
+            # files from before the crop (no key) preprocess as trained, and so do those of sessions 14-15, when
+            # the crop was the 3D default and a file stored it as None
+            crop = preprocessing.get("crop_to_body", False)
+            preprocessing = {**preprocessing, "crop_to_body": bool(crop is None and net.spatial_dims == 3 or crop)}
         scorer = cls(net, tasks, preprocessing=preprocessing)
         scorer.load_state_dict(state["scorer"])
         scorer.training = dict(state.get("training") or {})
@@ -631,6 +634,7 @@ def _preprocessing_config(config: Mapping[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in config.items() if k not in derived}
     bound = inspect.signature(preprocessing).bind_partial(**given)
     bound.apply_defaults()
+    bound.arguments["crop_to_body"] = bool(bound.arguments["crop_to_body"])  # None (a bundle's null) means no
     out = {k: v for k, v in bound.arguments.items() if k not in derived}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
