@@ -120,8 +120,12 @@ def picture_of_answer(picture, amap, segment, truth, info, path: Path, where: st
     axes[0].imshow(picture, cmap="gray")
     axes[0].contour(truth, levels=[0.5], colors="lime", linewidths=1)
     axes[0].set_title("study (lesion outlined in green)", fontsize=9)
-    shown = axes[1].imshow(amap, cmap="inferno")
-    fig.colorbar(shown, ax=axes[1], fraction=0.046, label="anomaly map (normal units)")
+    # the colours span the map inside the anatomy: a few very low values at its border (where the foreground ends)
+    # would otherwise squeeze the rest into a few colours; lower values show in the lowest colour
+    body = picture > 0
+    low = float(np.percentile(amap[body] if body.any() else amap, 2))
+    shown = axes[1].imshow(amap, cmap="inferno", vmin=low, vmax=max(float(amap.max()), low + 1e-6))
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, extend="min", label="anomaly map (normal units)")
     axes[1].set_title("mtlmad_map: float32 map", fontsize=9)
     axes[2].imshow(picture, cmap="gray")
     axes[2].imshow(np.ma.masked_equal(segment, 0), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
