@@ -14,9 +14,9 @@ wrong dimensionality, tiny, outside the preset's value range), so nothing unusab
 
 Geometry: 2D images are resized to ``spatial_size`` (BMAD's protocol). 3D volumes are first brought to a
 canonical pose (``Orientationd`` to RAS), so that the orientation task learns anatomy rather than how a file
-happens to be stored, optionally cropped to the body's bounding box (``crop_to_body``: the anatomy, not the
-scanner's empty field, fills the training grid; off by default), then resampled with their voxel spacing respected: to a fixed
-``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which
+happens to be stored, optionally cropped to the body's bounding box (``crop_to_body``, off by default: the
+anatomy, not the scanner's empty field, fills the training grid), then resampled with their voxel spacing
+respected: to a fixed ``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which
 the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI
 invertible transform, so maps computed at the training size go back to each input's own grid with
 ``Compose.inverse``.
