@@ -16,10 +16,10 @@ Geometry: 2D images are resized to ``spatial_size`` (BMAD's protocol). 3D volume
 canonical pose (``Orientationd`` to RAS), so that the orientation task learns anatomy rather than how a file
 happens to be stored, optionally cropped to the body's bounding box (``crop_to_body``, off by default: the
 anatomy, not the scanner's empty field, fills the training grid), then resampled with their voxel spacing
-respected: to a fixed ``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the isotropic spacing at which
-the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every spatial step is a MONAI
-invertible transform, so maps computed at the training size go back to each input's own grid with
-``Compose.inverse``.
+respected: to a fixed ``spacing`` (mm) and centred in a ``spatial_size`` field of view, or, by default, to the
+isotropic spacing at which the whole (cropped) volume fits ``spatial_size`` (its physical aspect ratio kept). Every
+spatial step is a MONAI invertible transform, so maps computed at the training size go back to each input's own grid
+with ``Compose.inverse``.
 
 Masks follow the image with nearest neighbours and are binarised; the tissue mask goes under
 ``"image_foreground"``. The random part is mild (small affine, intensity scaling) and never flips: anatomy's
