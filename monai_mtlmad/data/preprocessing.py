@@ -34,6 +34,8 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -53,8 +55,6 @@ from monai.transforms import (
     Spacingd,
     Transform,
 )
-from monai.data import MetaTensor
-from monai.data.utils import affine_to_spacing
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type
 

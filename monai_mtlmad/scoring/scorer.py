@@ -614,7 +614,9 @@ class AnomalyScorer:
             # files from before the crop (no key) preprocess as trained, and so do those of sessions 14-15, when
             # the crop was the 3D default and a file stored it as None
             crop = preprocessing.get("crop_to_body", False)
-            preprocessing = {**preprocessing, "crop_to_body": bool(crop is None and net.spatial_dims == 3 or crop)}
+            if crop is None:
+                crop = net.spatial_dims == 3
+            preprocessing = {**preprocessing, "crop_to_body": bool(crop)}
         scorer = cls(net, tasks, preprocessing=preprocessing)
         scorer.load_state_dict(state["scorer"])
         scorer.training = dict(state.get("training") or {})
