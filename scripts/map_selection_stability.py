@@ -6,11 +6,12 @@ refit the scorer's calibration several times: with 1, 2 or 4 lesioned copies of 
 (``synthetic_copies``) and several draws of the synthetic lesions (the fit's ``seed``). On each draw's pixel sample,
 several selection rules choose map weights:
 
-- ``backward``: the scorer's rule (:func:`~monai_mtlmad.scoring.fusion.select_map_weights`): start from the equal
+- ``backward``: the scorer's 2D rule (:func:`~monai_mtlmad.scoring.fusion.select_map_weights`): start from the equal
   mixture of every map and drop, one at a time, the map whose removal gains most, while it gains more than ``tol``
   (0.005, the default; 0.001; 0.01): the larger ``tol``, the more the rule leans towards the mixture;
-- ``forward``: the rule before session 11 (greedy forward selection with replacement, a step counting if it gains
-  more than ``tol``), at ``tol`` 0.001 (its default) and 0.005: it leans towards one map;
+- ``forward``: the rule before session 11 and the scorer's 3D rule since session 17
+  (:func:`~monai_mtlmad.scoring.fusion.forward_select_map_weights`: greedy forward selection with replacement, a
+  step counting if it gains more than ``tol``), at ``tol`` 0.001 (its default) and 0.005: it leans towards one map;
 - ``localising mixture``: the user's mixture of the maps that localise the synthetic lesions (own pixel AUROC above
   chance by more than 0.05), nothing eliminated.
 
@@ -37,33 +38,16 @@ from monai_mtlmad.data.loading import make_dataset
 from monai_mtlmad.metrics import pixel_auroc_anomalous
 from monai_mtlmad.metrics.functional import roc_auc
 from monai_mtlmad.scoring import AnomalyScorer
-from monai_mtlmad.scoring.fusion import select_map_weights
+from monai_mtlmad.scoring.fusion import forward_select_map_weights, select_map_weights
 from monai_mtlmad.transforms.foreground import foreground_mask
-
-
-def forward_selection(values: torch.Tensor, labels: torch.Tensor, names, rounds: int = 10, tol: float = 1e-3):
-    """The rule before session 11 (Caruana et al., ICML 2004): ``rounds`` greedy steps adding one map each (with
-    replacement, so weights are multiples of ``1 / rounds``); the best weights along the path, a later step counting
-    only if it gains more than ``tol``."""
-    counts = torch.zeros(len(names), dtype=values.dtype)
-    best, best_counts = -1.0, None
-    for _ in range(rounds):
-        trials = [roc_auc(values @ (counts + torch.eye(len(names), dtype=values.dtype)[i]), labels)
-                  for i in range(len(names))]
-        i = max(range(len(names)), key=lambda k: (trials[k] if trials[k] == trials[k] else -1.0, -k))
-        counts[i] += 1
-        if trials[i] > best + tol or best_counts is None:
-            best, best_counts = trials[i], counts.clone()
-    weights = best_counts / best_counts.sum()
-    return {n: float(weights[k]) for k, n in enumerate(names)}, float(best)
 
 
 RULES = {
     "backward, tol 0.005 (default)": select_map_weights,
     "backward, tol 0.001": lambda v, y, n: select_map_weights(v, y, n, tol=1e-3),
     "backward, tol 0.01": lambda v, y, n: select_map_weights(v, y, n, tol=1e-2),
-    "forward, tol 0.001 (before session 11)": forward_selection,
-    "forward, tol 0.005": lambda v, y, n: forward_selection(v, y, n, tol=5e-3),
+    "forward, tol 0.001 (before session 11)": forward_select_map_weights,
+    "forward, tol 0.005": lambda v, y, n: forward_select_map_weights(v, y, n, tol=5e-3),
     # the maps that localise the synthetic lesions, mixed whole: no elimination (session 16's candidate for 3D,
     # where 16 calibration volumes make every removal hang on the draw)
     "localising mixture": lambda v, y, n: select_map_weights(v, y, n, tol=float("inf")),
@@ -115,7 +99,8 @@ def main() -> None:
             chosen[rule] = select(values, labels_, names)
         return chosen[next(iter(RULES))]
 
-    scorer_module.select_map_weights = every_rule  # fit passes its pixel sample to every rule
+    # fit passes its pixel sample to every rule, whichever rule the scorer would use
+    scorer_module.MAP_SELECTIONS = dict.fromkeys(scorer_module.MAP_SELECTIONS, every_rule)
     rows = []
     for copies in args.copies:
         for draw in args.draws:

@@ -9,6 +9,7 @@ from monai_mtlmad.scoring import AnomalyScorer
 from monai_mtlmad.scoring.fusion import (
     OneClassGaussian,
     auroc_weights,
+    forward_select_map_weights,
     image_scores,
     insert_validation_lesions,
     ledoit_wolf,
@@ -62,19 +63,24 @@ class NoiseTask(_FixedMapTask):
         return smooth_noise(images.shape[0], images.shape[2:], 6, g).clamp_min(0) ** 2
 
 
-def discs(n, seed, size=48):
-    """Normal images: a disc of intensity 0.5 with a smooth texture on a black background."""
+@register_task("test_deviation_twin")
+class DeviationTwinTask(DeviationTask):
+    """The same map as ``test_deviation``: no synthetic lesion can tell one from the other, or from their mixture."""
+
+
+def discs(n, seed, size=48, spatial_dims=2):
+    """Normal images: a disc (a ball in 3D) of intensity 0.5 with a smooth texture on a black background."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    disc = ((yy**2 + xx**2) < 0.7).float()
-    return (disc * (0.5 + 0.05 * smooth_noise(n, (size, size), 10, g))).clamp(0, 1)
+    grid = torch.meshgrid(*[torch.linspace(-1, 1, size)] * spatial_dims, indexing="ij")
+    disc = (sum(c**2 for c in grid) < 0.7).float()
+    return (disc * (0.5 + 0.05 * smooth_noise(n, (size,) * spatial_dims, 10, g))).clamp(0, 1)
 
 
-def scorer(map_weights, image_score="map_quantile", **settings):
+def scorer(map_weights, image_score="map_quantile", names=("test_deviation", "test_noise"), spatial_dims=2, **settings):
     from monai_mtlmad.tasks import create_tasks
 
-    tasks = create_tasks(["test_deviation", "test_noise"], 2)
-    net = MTLMoENet(2, 1, {t.name: t.head for t in tasks}, channels=(4, 8), strides=(2, 2))
+    tasks = create_tasks(list(names), spatial_dims)
+    net = MTLMoENet(spatial_dims, 1, {t.name: t.head for t in tasks}, channels=(4, 8), strides=(2, 2))
     return AnomalyScorer(net, tasks, map_weights=map_weights, image_score=image_score, **settings)
 
 
@@ -186,6 +192,50 @@ def test_selection_keeps_the_users_mixture_unless_the_lesions_show_a_map_blurs_i
     # no lesion pixel: nothing to decide on, the user's mixture and a nan AUROC
     weights, auroc = select_map_weights(values, torch.zeros_like(labels), ["strong", "weaker"])
     assert weights == {"strong": 0.5, "weaker": 0.5} and auroc != auroc
+
+
+def test_forward_selection_leans_to_one_map_and_adds_another_only_on_evidence():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(20_000, generator=g) < 0.1
+    half = torch.rand(20_000, generator=g) < 0.5
+    strong = torch.randn(20_000, generator=g) + 3.0 * labels
+    noise = torch.randn(20_000, generator=g)
+    # two maps the lesions cannot tell apart: backward keeps the user's mixture, forward the first map alone
+    same = torch.stack([strong, 2.0 * strong], 1)
+    assert select_map_weights(same, labels, ["a", "b"])[0] == {"a": 0.5, "b": 0.5}
+    weights, auroc = forward_select_map_weights(same, labels, ["a", "b"])
+    assert weights == {"a": 1.0, "b": 0.0} and auroc == pytest.approx(roc_auc(strong, labels), abs=1e-9)
+    # the best map first, whatever the order; one that sees nothing never joins
+    weights, _ = forward_select_map_weights(torch.stack([noise, strong], 1), labels, ["noise", "strong"])
+    assert weights == {"noise": 0.0, "strong": 1.0}, weights
+    # maps that see different lesions are mixed, at a weight that is a multiple of 1 / rounds
+    left = torch.randn(20_000, generator=g) + 3.0 * (labels & half)
+    right = torch.randn(20_000, generator=g) + 3.0 * (labels & ~half)
+    weights, auroc = forward_select_map_weights(torch.stack([left, right], 1), labels, ["left", "right"])
+    assert 0.3 <= weights["left"] <= 0.7 and weights["left"] + weights["right"] == pytest.approx(1.0), weights
+    assert auroc > max(roc_auc(left, labels), roc_auc(right, labels)) + 0.03
+    assert all(abs(10 * w - round(10 * w)) < 1e-6 for w in weights.values())
+    # no lesion pixel: the user's mixture and a nan AUROC, as the backward rule
+    weights, auroc = forward_select_map_weights(same, torch.zeros_like(labels), ["a", "b"], [3.0, 1.0])
+    assert weights == {"a": 0.75, "b": 0.25} and auroc != auroc
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_the_map_selection_rule_follows_the_learners_dimensions_unless_set(spatial_dims):
+    names = ("test_deviation", "test_deviation_twin", "test_noise")
+    normals = discs(12, seed=1, size=48 if spatial_dims == 2 else 24, spatial_dims=spatial_dims)
+    mixture = {"test_deviation": 0.5, "test_deviation_twin": 0.5, "test_noise": 0.0}  # backward: the twins stay
+    single = {"test_deviation": 1.0, "test_deviation_twin": 0.0, "test_noise": 0.0}  # forward: the first twin alone
+    expected = {None: single if spatial_dims == 3 else mixture, "backward": mixture, "forward": single}
+    for rule, weights in expected.items():
+        fitted = scorer("selected", names=names, spatial_dims=spatial_dims, map_selection=rule).fit(normals)
+        assert fitted.fitted_map_weights == weights, (rule, fitted.fitted_map_weights)
+        assert fitted.selection["rule"] == (rule or ("forward" if spatial_dims == 3 else "backward"))
+    # the setting travels with the model's state; a wrong one is refused
+    again = scorer("selected", names=names, spatial_dims=spatial_dims)
+    assert again.load_state_dict(fitted.state_dict()).map_selection == "forward"
+    with pytest.raises(ValueError, match="map_selection"):
+        scorer("selected", map_selection="sideways")
 
 
 def test_every_image_score_has_its_own_threshold_and_can_decide(test_set):

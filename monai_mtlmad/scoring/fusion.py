@@ -14,8 +14,9 @@ vector into one score without any anomalous image:
   trains on are put into the calibration normals; each feature (and each task map, for the fused map) is weighted
   by how far its AUROC between those and the untouched normals exceeds chance (:func:`auroc_weights`).
 
-The fused map's task weights can also be *selected* on those lesions (:func:`select_map_weights`): backward
-elimination from the user's mixture, which drops a map only when the lesions show that it blurs the others.
+The fused map's task weights can also be *selected* on those lesions: by backward elimination from the user's
+mixture (:func:`select_map_weights`, the 2D default), which drops a map only when the lesions show that it blurs the
+others, or by greedy forward selection (:func:`forward_select_map_weights`, the 3D default).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "cross_fitted_one_class", "auroc_weights",
     "feature_names", "feature_vectors", "feature_aurocs", "synthetic_feature_weights", "FEATURE_SCALES", "image_scores",
     "pixel_auroc", "normal_thresholds", "MAP_WEIGHTINGS", "pixel_sample", "select_map_weights",
+    "forward_select_map_weights", "MAP_SELECTIONS",
 ]
 
 
@@ -327,3 +329,48 @@ def select_map_weights(
     chosen = torch.zeros_like(start)
     chosen[keep] = start[keep] / start[keep].sum()
     return {n: float(chosen[k]) for k, n in enumerate(names)}, best if best >= 0 else float("nan")
+
+
+def forward_select_map_weights(
+    values: torch.Tensor, labels: torch.Tensor, names: Sequence[str], weights: Sequence[float] | None = None,
+    rounds: int = 10, tol: float = 1e-3,
+) -> tuple[dict[str, float], float]:
+    """Map fusion weights chosen on synthetic lesions by greedy forward selection with replacement (Caruana et al.,
+    ICML 2004): ``rounds`` steps each add one map, the one whose addition gives the fused map the highest pixel
+    AUROC, so weights are multiples of ``1 / rounds``; the answer is the best mixture along the path, a later step
+    counting only if it gains more than ``tol``.
+
+    It leans towards the one map that localises the synthetic lesions best and adds others only on evidence. On
+    3D heads with 16 calibration volumes it localised the real lesions better than :func:`select_map_weights` on
+    every model measured (NOTES_session16, NOTES_session17); on 2D chests, where one map finds the synthetic lesions
+    almost perfectly, it kept that map alone where the mixture localises real lesions better (NOTES_session11).
+
+    Args:
+        values: ``(P, T)`` normalised map values of the pixels (:func:`pixel_sample`), one column per map.
+        labels: ``(P,)`` bool, pixel inside a synthetic lesion.
+        names: the ``T`` maps' names.
+        weights: the user's mixture; only which maps it holds matters here (pass only those with a positive weight).
+        rounds: selection steps.
+        tol: the pixel AUROC a later step must gain to count.
+
+    Returns:
+        ``({name: weight}`` summing to 1, the fused map's pixel AUROC with them``)``; when ``labels`` hold no lesion
+        pixel, ``weights`` normalised (default equal) and nan.
+    """
+    if not bool(labels.any()) or bool(labels.all()):
+        start = torch.ones(len(names)) if weights is None else torch.as_tensor(weights, dtype=torch.float)
+        return {n: float(w) for n, w in zip(names, start / start.sum())}, float("nan")
+    counts = torch.zeros(len(names), dtype=values.dtype)
+    best, best_counts = -1.0, None
+    for _ in range(rounds):
+        trials = [roc_auc(values @ (counts + torch.eye(len(names), dtype=values.dtype)[i]), labels)
+                  for i in range(len(names))]
+        i = max(range(len(names)), key=lambda k: (trials[k], -k))  # ties: the first map
+        counts[i] += 1
+        if best_counts is None or trials[i] > best + tol:
+            best, best_counts = trials[i], counts.clone()
+    chosen = best_counts / best_counts.sum()
+    return {n: float(chosen[k]) for k, n in enumerate(names)}, float(best)
+
+
+MAP_SELECTIONS = {"backward": select_map_weights, "forward": forward_select_map_weights}

@@ -42,6 +42,7 @@ from monai_mtlmad.networks.mtl_moe_net import MTLMoENet
 from monai_mtlmad.safe_io import load_checked, save_checked
 from monai_mtlmad.scoring.fusion import (
     FEATURE_SCALES,
+    MAP_SELECTIONS,
     MAP_WEIGHTINGS,
     auroc_weights,
     cross_fitted_one_class,
@@ -51,7 +52,6 @@ from monai_mtlmad.scoring.fusion import (
     insert_validation_lesions,
     normal_thresholds,
     pixel_sample,
-    select_map_weights,
     synthetic_feature_weights,
 )
 from monai_mtlmad.scoring.student import DistilledStudent
@@ -122,14 +122,20 @@ class AnomalyScorer:
             distance of the feature vector from the normals'). See :mod:`~monai_mtlmad.scoring.fusion`;
             the default was chosen on independent 200-image test sets of the harder heads and chests (NOTES_session6).
             None: ``"synthetic"``, or ``"map_quantile"`` without ``synthetic_lesions``.
-        map_weights: the fused map's weights: ``"selected"`` (the default: the user's mixture of the maps, less
-            each map whose removal the synthetic lesions show to localise them better, by backward elimination,
-            :func:`~monai_mtlmad.scoring.fusion.select_map_weights`; it keeps the mixture unless a map only blurs
-            the others), ``"equal"`` (the user's ``weights`` only) or ``"synthetic"`` (times each dense task's weight
+        map_weights: the fused map's weights: ``"selected"`` (the default: chosen on the synthetic lesions by
+            ``map_selection``; in 2D, the user's mixture of the maps less each map whose removal the synthetic lesions
+            show to localise them better, :func:`~monai_mtlmad.scoring.fusion.select_map_weights`, which keeps the
+            mixture unless a map only blurs the others), ``"equal"`` (the user's ``weights`` only) or ``"synthetic"`` (times each dense task's weight
             from its pixel AUROC on the synthetic lesions). The image features keep the user's mixture whatever
             the map shown. Chosen on the harder heads and chests (NOTES_session9, the rule NOTES_session11): the
             only weighting whose map is at least level with the best single task's on both. None: ``"selected"``,
             or ``"equal"`` without ``synthetic_lesions``.
+        map_selection: how ``map_weights="selected"`` selects (:data:`~monai_mtlmad.scoring.fusion.MAP_SELECTIONS`):
+            ``"backward"`` (elimination from the user's mixture) or ``"forward"`` (greedy forward selection,
+            :func:`~monai_mtlmad.scoring.fusion.forward_select_map_weights`: it leans towards the one map that best
+            localises the synthetic lesions). None: forward for 3D learners, backward for 2D ones. Forward localised
+            the real lesions of the harder 3D heads better on every model measured, backward those of the harder 2D
+            chests (NOTES_session11, NOTES_session17).
         synthetic_lesions: at calibration, also score every normal with a synthetic lesion of a family the learner
             never trained on (doubles the calibration time); needed by the ``"synthetic"`` options.
         synthetic_copies: lesioned copies of each calibration normal (each one more scoring pass over the normals):
@@ -160,6 +166,7 @@ class AnomalyScorer:
         quantile: float = 0.99,
         image_score: str | None = None,
         map_weights: str | None = None,
+        map_selection: str | None = None,
         synthetic_lesions: bool = True,
         synthetic_copies: int = 1,
         feature_scale: str = "raw",
@@ -182,6 +189,8 @@ class AnomalyScorer:
             map_weights = "selected" if synthetic_lesions else "equal"
         if map_weights not in MAP_WEIGHTINGS:
             raise ValueError(f"map_weights must be one of {MAP_WEIGHTINGS}, got {map_weights!r}.")
+        if map_selection is not None and map_selection not in MAP_SELECTIONS:
+            raise ValueError(f"map_selection must be one of {tuple(MAP_SELECTIONS)} or None, got {map_selection!r}.")
         if (image_score == "synthetic" or map_weights != "equal") and not synthetic_lesions:
             raise ValueError(f"the 'synthetic' image score and {map_weights!r} map weights need synthetic_lesions=True.")
         net = getattr(net, "module", net)  # a DistributedDataParallel-wrapped learner scores as itself
@@ -195,7 +204,7 @@ class AnomalyScorer:
         self.weights = {n: float((weights or {}).get(n, 1.0)) for n in names}
         self.sigma, self.quantile, self.image_score, self.rim, self.fpr = sigma, quantile, image_score, rim, fpr
         self.pixel_fpr, self.folds = pixel_fpr, folds
-        self.map_weights, self.synthetic_lesions = map_weights, synthetic_lesions
+        self.map_weights, self.map_selection, self.synthetic_lesions = map_weights, map_selection, synthetic_lesions
         self.synthetic_copies, self.feature_scale = int(synthetic_copies), feature_scale
         self.roi_size = tuple(roi_size) if roi_size is not None else None
         self.overlap, self.batch_size = overlap, batch_size
@@ -348,7 +357,9 @@ class AnomalyScorer:
         if self.map_weights == "selected" and values is not None:
             use = [k for k, n in enumerate(dense) if self.fitted_map_weights.get(n, 0.0) > 0]
             start = [self.fitted_map_weights[dense[k]] for k in use]  # the user's mixture: the prior
-            chosen, auroc = ({}, nan) if not use else select_map_weights(
+            rule = self.map_selection or ("forward" if self.net.spatial_dims == 3 else "backward")
+            self.selection["rule"] = rule
+            chosen, auroc = ({}, nan) if not use else MAP_SELECTIONS[rule](
                 values[:, use], labels, [dense[k] for k in use], start)
             if auroc == auroc:  # nan: no lesion pixel in the foreground, nothing to select on; keep the user's
                 self.fitted_map_weights = {n: chosen.get(n, 0.0) for n in self.fitted_map_weights}
@@ -526,8 +537,8 @@ class AnomalyScorer:
 
     # ----------------------------------------------------------------------------------------- persistence
     _SETTINGS = (
-        "weights", "sigma", "quantile", "image_score", "map_weights", "synthetic_lesions", "synthetic_copies",
-        "feature_scale", "rim", "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size",
+        "weights", "sigma", "quantile", "image_score", "map_weights", "map_selection", "synthetic_lesions",
+        "synthetic_copies", "feature_scale", "rim", "fpr", "pixel_fpr", "folds", "roi_size", "overlap", "batch_size",
     )
     _CALIBRATION = (
         "stats", "normal_scores", "thresholds", "pixel_threshold", "f1_threshold", "calibration", "selection",
