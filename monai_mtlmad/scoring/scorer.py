@@ -125,17 +125,17 @@ class AnomalyScorer:
         map_weights: the fused map's weights: ``"selected"`` (the default: chosen on the synthetic lesions by
             ``map_selection``; in 2D, the user's mixture of the maps less each map whose removal the synthetic lesions
             show to localise them better, :func:`~monai_mtlmad.scoring.fusion.select_map_weights`, which keeps the
-            mixture unless a map only blurs the others), ``"equal"`` (the user's ``weights`` only) or ``"synthetic"`` (times each dense task's weight
-            from its pixel AUROC on the synthetic lesions). The image features keep the user's mixture whatever
-            the map shown. Chosen on the harder heads and chests (NOTES_session9, the rule NOTES_session11): the
-            only weighting whose map is at least level with the best single task's on both. None: ``"selected"``,
-            or ``"equal"`` without ``synthetic_lesions``.
+            mixture unless a map only blurs the others), ``"equal"`` (the user's ``weights`` only) or
+            ``"synthetic"`` (times each dense task's weight from its pixel AUROC on the synthetic lesions). The image
+            features keep the user's mixture whatever the map shown. Chosen on the harder heads and chests
+            (NOTES_session9, the rule NOTES_session11): the only weighting whose map is at least level with the best
+            single task's on both. None: ``"selected"``, or ``"equal"`` without ``synthetic_lesions``.
         map_selection: how ``map_weights="selected"`` selects (:data:`~monai_mtlmad.scoring.fusion.MAP_SELECTIONS`):
             ``"backward"`` (elimination from the user's mixture) or ``"forward"`` (greedy forward selection,
             :func:`~monai_mtlmad.scoring.fusion.forward_select_map_weights`: it leans towards the one map that best
             localises the synthetic lesions). None: forward for 3D learners, backward for 2D ones. Forward localised
-            the real lesions of the harder 3D heads better on every model measured, backward those of the harder 2D
-            chests (NOTES_session11, NOTES_session17).
+            the real lesions of the harder 3D heads better on average on every model measured (five), backward
+            those of the harder 2D chests (NOTES_session11, NOTES_session17).
         synthetic_lesions: at calibration, also score every normal with a synthetic lesion of a family the learner
             never trained on (doubles the calibration time); needed by the ``"synthetic"`` options.
         synthetic_copies: lesioned copies of each calibration normal (each one more scoring pass over the normals):
