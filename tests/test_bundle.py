@@ -99,8 +99,9 @@ def test_train_evaluate_infer(tmp_path, dims, size):
 
     data = make_demo_dataset(tmp_path / "data", dims, n_train=6, n_valid=4, n_test=4, size=size)
     run = tmp_path / "run"
+    # 3 calibration normals: a 5 % threshold needs 19 (then none is set and nothing is flagged); 50 % needs 1
     bundle("run", "--config_file", str(CONFIGS / "train.json"), *common(data, run, dims, size, fast_steps=10),
-           "--max_epochs", "2", "--val_interval", "1", "--fast_options", "{'channels': [8, 16]}")
+           "--max_epochs", "2", "--val_interval", "1", "--fast_options", "{'channels': [8, 16]}", "--fpr", "0.5")
     assert (run / "models" / "model.pt").exists()
     assert (run / "checkpoints" / "checkpoint_epoch=2.pt").exists()
     # routing of every training epoch reaches TensorBoard, also on the epochs that ran a validation
@@ -135,7 +136,7 @@ def test_train_evaluate_infer(tmp_path, dims, size):
     normals = [r for r in rows if r["label"] == "0"]
     measured = sum(r["anomalous"] == "yes" for r in normals) / len(normals)
     assert metrics["threshold"]["measured_fpr"] == pytest.approx(measured)
-    assert metrics["threshold"]["nominal_fpr"] == 0.05 and metrics["threshold"]["n_normal"] == len(normals)
+    assert metrics["threshold"]["nominal_fpr"] == 0.5 and metrics["threshold"]["n_normal"] == len(normals)
     assert all((float(r["score"]) >= metrics["threshold"]["value"]) == (r["anomalous"] == "yes") for r in rows)
     cal = metrics["calibration"]
     assert cal["images"] == cal["calibration_valid_normals"] + cal["calibration_train_holdout"] == 2 + 1
@@ -224,7 +225,8 @@ def test_ddp_two_processes_gloo(tmp_path):
     run = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
-           configs("train", "multi_gpu_train"), *common(data, run, 2, 32), "--max_epochs", "1"]
+           configs("train", "multi_gpu_train"), *common(data, run, 2, 32), "--max_epochs", "1",
+           "--fpr", "0.5"]  # a threshold from the 3 calibration normals (5 % needs 19)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -264,7 +266,8 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     run = tmp_path / "run"
     # a task with options: the task list takes {"name": ..., **options} entries beside names
     tasks = ["inpainting", "jigsaw", {"name": "orientation", "tilt": 10}, "pseudo_anomaly", "pseudo_label"]
-    overrides = {"image_size": 48, "preset": "mri", "rim": 0.1, "task_names": tasks}
+    # fpr 0.5: thresholds from the 3 calibration normals (5 % needs 19), so the decisions below can be compared
+    overrides = {"image_size": 48, "preset": "mri", "rim": 0.1, "task_names": tasks, "fpr": 0.5}
     flags = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
     out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
                  "--dataset_dir", str(data), "--output_dir", str(run), "--num_workers", "0", "--batch_size", "2",
@@ -318,6 +321,7 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     bundle(*evaluate, "--output_dir", str(tmp_path / "one_class"), "--image_score", "one_class")
     chosen = json.loads((tmp_path / "one_class" / "metrics.json").read_text())
     assert chosen["threshold"]["image_score"] == "one_class"
+    assert state["scorer"]["thresholds"]["one_class"] is not None
     assert chosen["threshold"]["value"] == pytest.approx(state["scorer"]["thresholds"]["one_class"])
     assert chosen["image_auroc"] == pytest.approx(chosen["image_scores"]["one_class"]["auroc"])
     refused = bundle(*evaluate, "--output_dir", str(tmp_path / "bogus"), "--image_score", "bogus", check=False)

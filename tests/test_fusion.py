@@ -9,13 +9,16 @@ from monai_mtlmad.scoring import AnomalyScorer
 from monai_mtlmad.scoring.fusion import (
     OneClassGaussian,
     auroc_weights,
+    conformal_threshold,
     forward_select_map_weights,
     image_scores,
     insert_validation_lesions,
     ledoit_wolf,
+    normal_thresholds,
     select_map_weights,
     synthetic_feature_weights,
 )
+from monai_mtlmad.scoring.scorer import conformal_p_values
 from monai_mtlmad.scoring.student import distill_student
 from monai_mtlmad.tasks import ProxyTask, register_task
 from monai_mtlmad.transforms.foreground import foreground_mask, foreground_quantile
@@ -247,6 +250,44 @@ def test_every_image_score_has_its_own_threshold_and_can_decide(test_set):
     assert torch.equal(res.anomalous, res.score >= s.thresholds["one_class"])
     with pytest.raises(ValueError, match="synthetic_lesions"):
         scorer("synthetic").__class__(s.net, s.tasks, image_score="synthetic", synthetic_lesions=False)
+
+
+@pytest.mark.parametrize("n, fpr", [(20, 0.05), (10, 0.1), (59, 0.05)])
+def test_a_new_normal_crosses_the_image_threshold_at_most_at_the_nominal_rate(n, fpr):
+    """Split conformal: over many draws of ``n`` calibration normals and one new normal (all exchangeable), the new
+    one is flagged at most ``fpr`` of the time (exactly ``floor((n + 1) fpr) / (n + 1)``). An interpolated quantile
+    of these normals flags 6-17 % (measured)."""
+    draws = torch.randn(20_000, n + 1, generator=torch.Generator().manual_seed(n))
+    flagged = torch.tensor([bool(row[n] >= conformal_threshold(row[:n], fpr)) for row in draws])
+    exact = int((n + 1) * fpr + 1e-9) / (n + 1)
+    assert float(flagged.float().mean()) == pytest.approx(exact, abs=0.005) and exact <= fpr
+
+
+def test_the_image_decision_is_the_p_value_at_the_nominal_rate():
+    """``score >= threshold`` exactly when ``p <= fpr``, for every score: ties, the normals' own values, between them."""
+    g = torch.Generator().manual_seed(0)
+    normal = torch.sort(torch.round(torch.randn(40, generator=g) * 4) / 4).values  # many ties
+    queries = torch.cat([normal, torch.randn(400, generator=g) * 2, normal + 1e-6, normal - 1e-6])
+    for fpr in (0.05, 0.1, 0.2):
+        thr = conformal_threshold(normal, fpr)
+        assert torch.equal(queries >= thr, conformal_p_values(normal, queries) <= fpr + 1e-12), fpr
+
+
+def test_too_few_normals_for_the_rate_set_no_image_threshold_and_flag_nothing(test_set):
+    images, _, labels = test_set
+    with pytest.warns(UserWarning, match="18 calibration normals cannot support a false-positive rate of 0.05"):
+        assert normal_thresholds({"s": torch.randn(18)}, [], 0.05, 0.01)[1] == {"s": None}
+    assert normal_thresholds({"s": torch.randn(19)}, [], 0.05, 0.01)[1]["s"] is not None  # 19 suffice at 5 %
+    with pytest.warns(UserWarning, match="cannot support a false-positive rate of 0.05"):
+        few = scorer("synthetic").fit(discs(12, seed=1))
+    assert few.threshold is None and set(few.thresholds.values()) == {None}
+    res = few.score(images)
+    assert not bool(res.anomalous.any()) and bool((res.p_value >= 1 / 13).all())  # p-values still hold
+    enough = scorer("synthetic").fit(discs(30, seed=1))
+    obvious = images[labels == 1].clone()
+    obvious[..., 14:30, 14:30] += 0.3  # lesions no normal comes near
+    res = enough.score(torch.cat([images, obvious]))
+    assert torch.equal(res.anomalous, res.p_value <= enough.fpr) and bool(res.anomalous[len(images):].all())
 
 
 def test_validation_lesions_stay_in_the_foreground_and_change_the_image():

@@ -199,9 +199,10 @@ class ModelExportHandler:
         scorer.training = {**self.info, "epoch": epoch, "last_epoch": last, "selection": why,
                            "training_steps": int(engine.state.iteration), "training_seconds": round(self.training_seconds, 2)}
         scorer.save(self.path)
+        thr = scorer.threshold
         engine.logger.info(
             f"saved model of epoch {epoch} ({why}) calibrated on {scorer.calibration['images']} normal images to "
-            f"{self.path} (threshold {scorer.threshold:.4f})"
+            f"{self.path} ({f'threshold {thr:.4f}' if thr is not None else f'no image threshold at fpr {scorer.fpr}'})"
         )
 
 

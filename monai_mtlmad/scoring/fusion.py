@@ -21,6 +21,8 @@ others, or by greedy forward selection (:func:`forward_select_map_weights`, the 
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -33,7 +35,7 @@ from monai_mtlmad.transforms.functional import irregular_blob_masks, sample_fore
 __all__ = [
     "insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "cross_fitted_one_class", "auroc_weights",
     "feature_names", "feature_vectors", "feature_aurocs", "synthetic_feature_weights", "FEATURE_SCALES", "image_scores",
-    "pixel_auroc", "normal_thresholds", "MAP_WEIGHTINGS", "pixel_sample", "select_map_weights",
+    "pixel_auroc", "conformal_threshold", "normal_thresholds", "MAP_WEIGHTINGS", "pixel_sample", "select_map_weights",
     "forward_select_map_weights", "MAP_SELECTIONS",
 ]
 
@@ -233,19 +235,54 @@ def image_scores(
     return out
 
 
+def conformal_threshold(normal: torch.Tensor, fpr: float) -> float | None:
+    """The lowest image score whose conformal p-value ``(k + 1) / (n + 1)`` is at most ``fpr`` (``k``: calibration
+    normals scoring at least as high; :func:`~monai_mtlmad.scoring.scorer.conformal_p_values`), so that the decision
+    ``score >= threshold`` and ``p <= fpr`` agree.
+
+    It lies just above the ``(n + 1 - m)``-th lowest of the ``n`` normal scores, ``m = floor((n + 1) fpr)``: a new
+    normal image, exchangeable with the calibration normals, reaches it with probability ``m / (n + 1) <= fpr``
+    (split conformal prediction; Vovk et al., 2005). An interpolated quantile does not keep that promise with few
+    normals: at 5 % over 5 normals a new normal crosses it about one time in five.
+
+    Args:
+        normal: ``(n,)`` image scores of the calibration normals (each scored out of fold where it was fitted on them).
+        fpr: the nominal false-positive rate.
+
+    Returns:
+        The threshold; None when ``m = 0`` (fewer than ``1 / fpr - 1`` normals, 19 at 5 %): no score is rare enough
+        among so few normals to be called anomalous at ``fpr``.
+    """
+    n = normal.numel()
+    m = math.floor((n + 1) * fpr + 1e-9)
+    if m < 1:
+        return None
+    v = torch.sort(normal.flatten()).values[n - m]
+    return float(torch.nextafter(v, torch.tensor(math.inf, dtype=v.dtype)))  # in the scores' precision, not Python's
+
+
 def normal_thresholds(
     scores: Mapping[str, torch.Tensor], pixels: Sequence[torch.Tensor], fpr: float, pixel_fpr: float
-) -> tuple[dict[str, torch.Tensor], dict[str, float], float | None]:
+) -> tuple[dict[str, torch.Tensor], dict[str, float | None], float | None]:
     """What a detector keeps of its calibration normals (the full scorer and the student alike): each image score's
-    sorted normal values (for p-values), its threshold at ``fpr``, and the pixel threshold at ``pixel_fpr`` over the
-    fused maps' sampled foreground values ``pixels`` (None without maps).
+    sorted normal values (for p-values), its threshold at ``fpr`` (:func:`conformal_threshold`; None, with a warning,
+    when there are too few normals), and the pixel threshold at ``pixel_fpr`` over the fused maps' sampled foreground
+    values ``pixels`` (None without maps).
 
     Args:
         scores: ``{image score: (N,)}`` over the normals, each scored out of fold where it was fitted on them.
         pixels: 1-D samples of the normals' fused-map foreground values.
     """
     normal = {k: torch.sort(v).values for k, v in scores.items()}
-    thresholds = {k: float(torch.quantile(v, 1 - fpr)) for k, v in normal.items()}
+    thresholds = {k: conformal_threshold(v, fpr) for k, v in normal.items()}
+    if normal and None in thresholds.values():
+        n = next(iter(normal.values())).numel()
+        warnings.warn(
+            f"{n} calibration normals cannot support a false-positive rate of {fpr}: no normal score is that rare "
+            f"among so few (at least {math.ceil(1 / fpr - 1e-9) - 1} are needed). No image score threshold is set, so "
+            "no image is flagged; p-values and maps still hold.",
+            stacklevel=3,
+        )
     pixel = float(torch.quantile(quantile_sample(torch.cat(list(pixels))), 1 - pixel_fpr)) if len(pixels) else None
     return normal, thresholds, pixel
 

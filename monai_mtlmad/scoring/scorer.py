@@ -15,7 +15,9 @@ per-task feature vector, and feature weights chosen on synthetic lesions put int
 Honest thresholds: the normal score distribution that sets the threshold at a chosen false-positive rate and the
 p-values comes from cross-fitting: each calibration image is scored with normalisation statistics fitted on the
 other folds, never on itself. Both image scores get their own distribution, so the threshold and p-values are on
-the scale of the score in use. The F1-optimal threshold is available when labelled anomalies are.
+the scale of the score in use. The threshold is conformal: an image is flagged exactly when its p-value is at most
+``fpr``, so a new normal is flagged with probability at most ``fpr``; with fewer than ``1 / fpr - 1`` calibration
+normals (19 at 5 %) none is rare enough, and no image is flagged. The F1-optimal threshold is available when labelled anomalies are.
 
 The model file (:meth:`AnomalyScorer.save`) describes itself: network arguments, task specs, preprocessing, scorer
 settings and calibration, the package version and the training epoch; :meth:`AnomalyScorer.load` rebuilds a ready
@@ -212,7 +214,7 @@ class AnomalyScorer:
         self.training: dict[str, Any] = {}  # provenance the model file reports: epoch, selection, data counts
         self.stats: dict[str, dict[str, float]] = {}
         self.normal_scores: dict[str, torch.Tensor] = {}
-        self.thresholds: dict[str, float] = {}  # per image score, at ``fpr`` on the calibration normals
+        self.thresholds: dict[str, float | None] = {}  # per image score, at ``fpr`` (None: too few normals for it)
         self.pixel_threshold: float | None = None
         self.f1_threshold: float | None = None
         self.calibration: dict[str, int] = {}
@@ -410,7 +412,8 @@ class AnomalyScorer:
     @property
     def threshold(self) -> float | None:
         """The threshold of the image score that decides (:attr:`deciding_score`) at ``fpr``, the fast mode's own
-        when ``fast``; None before calibration."""
+        when ``fast`` (:func:`~monai_mtlmad.scoring.fusion.conformal_threshold`); None before calibration, or when
+        too few normals calibrated the scorer for ``fpr`` (then no image is flagged)."""
         if self.fast and self.student is not None:
             return self.student.thresholds.get(self.deciding_score)
         return self.thresholds.get(self.image_score)

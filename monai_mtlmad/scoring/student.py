@@ -129,7 +129,7 @@ class DistilledStudent:
         )
         self.size_divisor = 2 ** (len(channels) - 1)
         self.normal_scores: dict[str, torch.Tensor] = {}  # per image score, sorted scores of the calibration normals
-        self.thresholds: dict[str, float] = {}  # per image score, at the scorer's fpr
+        self.thresholds: dict[str, float | None] = {}  # per image score, at the scorer's fpr (None: too few normals)
         self.pixel_threshold: float | None = None
         self.feature_weights: dict[str, float] = {}  # synthetic-lesion weights of its own features
         self.one_class: dict[str, torch.Tensor] = {}
