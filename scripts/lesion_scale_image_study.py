@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Image features at lesion scale: does the peak of a map smoothed to a lesion's size find lesioned volumes better
+than today's image score?
+
+Today's image features are whole-image task errors and the 99th foreground percentile of each map. A lesion in the
+harder 3D heads covers 0.1-5 % of the head (median about 300 voxels of a 48^3 volume), so a 1 % quantile mixes its
+voxels with the brightest normal ones. The candidates here are the maximum over the foreground of a map smoothed by
+a Gaussian of ``sigma`` voxels (masked to the foreground, so the rim's zeros do not dilute it) and the 99.9th
+percentile, for the shown (selected) fused map, the user's mixture and each task's map.
+
+For each model of ``scripts/compare_on_hard_sets.py`` the scorer is refitted on its calibration split with today's
+defaults, the test images are scored once, and their normalised task maps are cached (``--cache``), so every
+candidate is a few lines here. Printed: each candidate's image AUROC per seed beside the default image score, each
+task's image error and the trivial foreground fraction.
+
+    python scripts/lesion_scale_image_study.py runs/hard3d_nocrop head --seeds 1 2 --cache runs/lesion_scale
+    python scripts/lesion_scale_image_study.py runs/hard3d_nocrop head --seeds 3 4 --test_images 96 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from monai.data import DataLoader
+from monai.networks.layers import GaussianFilter
+
+from monai_mtlmad.apps.bundle import image_dataset, split_as_trained
+from monai_mtlmad.data.bmad import bmad_datalist
+from monai_mtlmad.data.loading import make_dataset
+from monai_mtlmad.metrics.functional import roc_auc
+from monai_mtlmad.scoring import AnomalyScorer
+from monai_mtlmad.transforms.foreground import foreground_mask, foreground_quantile
+
+SIGMAS = (1.0, 2.0, 3.0)
+
+
+def record(root: Path, dataset: str, seed: int, variant: str, test_images: int) -> dict:
+    """The refitted scorer's view of the test images: normalised task maps, fused maps (shown and user's mixture),
+    foreground, lesion masks, labels, every image score and feature; and the calibration normals' features."""
+    model = root / "runs" / dataset / variant / f"seed{seed}" / "models" / "model.pt"
+    scorer = AnomalyScorer.load(model)
+    scorer.student = None
+    _, calibration = split_as_trained(scorer, model, root / "data" / dataset, seed=seed)
+    det, _ = scorer.preprocessing(with_mask=False)
+    with torch.no_grad():
+        scorer.fit(DataLoader(image_dataset(calibration, det, what="calibration"), batch_size=8), seed=0)
+    det_masked, _ = scorer.preprocessing(with_mask=True)
+    test_dir = root / "data" / (f"{dataset}_test{test_images}" if test_images else dataset)
+    test = DataLoader(make_dataset(bmad_datalist(test_dir, "test", check=False), det_masked, num_workers=0), batch_size=8)
+    out: dict[str, list] = {}
+    with torch.no_grad():
+        for batch in test:
+            images = batch["image"]
+            fg = foreground_mask(images, scorer.rim)
+            task_scores, task_maps = scorer._normalise(scorer.raw(images, foreground=fg))
+            features, fused = scorer._features(task_scores, task_maps, fg)
+            user = sum(scorer.feature_map_weights[n] * m for n, m in task_maps.items()) / sum(
+                scorer.feature_map_weights.values())
+            scores = scorer._image_scores(features)
+            for key, value in (("fg", fg), ("mask", torch.as_tensor(batch["mask"]) > 0),
+                               ("label", torch.as_tensor(batch["label"]).reshape(-1)), ("features", features),
+                               ("fused", fused.half()), ("user", user.half()),
+                               *((f"map:{n}", m.half()) for n, m in task_maps.items()),
+                               *((f"score:{n}", s) for n, s in scores.items())):
+                out.setdefault(key, []).append(value.cpu())
+    rec = {k: torch.cat(v) for k, v in out.items()}
+    rec["feature_names"] = scorer.feature_names
+    rec["map_weights"] = dict(scorer.fitted_map_weights)
+    return rec
+
+
+def peak(maps: torch.Tensor, fg: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(B,)`` maximum over the foreground of ``maps (B, 1, *spatial)`` smoothed by a Gaussian of ``sigma`` voxels
+    within the foreground (normalised convolution), ignoring voxels whose neighbourhood is mostly background."""
+    maps, fg = maps.float(), fg.float()
+    smooth = GaussianFilter(maps.ndim - 2, sigma)
+    weight = smooth(fg)
+    value = smooth(maps * fg) / weight.clamp_min(1e-6)
+    inside = (weight > 0.5) & (fg > 0)
+    return torch.where(inside, value, torch.full_like(value, -float("inf"))).flatten(1).amax(1)
+
+
+def candidates(rec: dict) -> dict[str, torch.Tensor]:
+    """Every image score to compare, ``{name: (B,)}``."""
+    fg, out = rec["fg"], {}
+    for name in [k for k in rec if k.startswith("score:")]:
+        out[f"today: {name[6:]}"] = rec["score:" + name[6:]]
+    for i, name in enumerate(rec["feature_names"]):
+        out[f"feature {name}"] = rec["features"][:, i]
+    out["trivial: foreground fraction"] = fg.float().flatten(1).mean(1)
+    for label, key in (("shown", "fused"), ("user mixture", "user"),
+                       *((n[4:], n) for n in rec if n.startswith("map:"))):
+        maps = rec[key]
+        out[f"{label} q99.9"] = foreground_quantile(maps.float(), fg, 0.999)[0]
+        for s in SIGMAS:
+            out[f"{label} peak s{s:g}"] = peak(maps, fg, s)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, help="the --root of compare_on_hard_sets.py")
+    p.add_argument("dataset", choices=["head", "chest"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--variant", default="5_tasks")
+    p.add_argument("--test_images", type=int, default=0, help="0: the training set's own test split")
+    p.add_argument("--cache", type=Path, default=None, help="folder for the recorded test maps")
+    p.add_argument("--output", type=Path, default=None)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    table: dict[str, dict[int, float]] = {}
+    for seed in args.seeds:
+        cached = args.cache / f"{args.dataset}_seed{seed}_test{args.test_images}.pt" if args.cache else None
+        if cached is not None and cached.exists():
+            rec = torch.load(cached)
+        else:
+            rec = record(args.root, args.dataset, seed, args.variant, args.test_images)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(rec, cached)
+        print(f"seed {seed}: shown map weights {rec['map_weights']}", flush=True)
+        for name, score in candidates(rec).items():
+            table.setdefault(name, {})[seed] = roc_auc(score, rec["label"])
+    print(f"\nimage AUROC, {args.dataset}, test images {args.test_images or 'own split'}, seeds {args.seeds}")
+    for name, per_seed in table.items():
+        values = list(per_seed.values())
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"  {name:34s} " + " ".join(f"{v:.3f}" for v in values) + f"   mean {statistics.mean(values):.3f} "
+              f"± {spread:.3f}")
+    if args.output:
+        args.output.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
