@@ -11,10 +11,11 @@ percentile, for the shown (selected) fused map, the user's mixture and each task
 For each model of ``scripts/compare_on_hard_sets.py`` the scorer is refitted on its calibration split with today's
 defaults, the test images are scored once, and their normalised task maps are cached (``--cache``), so every
 candidate is a few lines here. Printed: each candidate's image AUROC per seed beside the default image score, each
-task's image error and the trivial foreground fraction.
+task's image error and the trivial foreground fraction; with ``--pixel`` also the pixel AUROC inside the lesion images
+of the shown map, the user's mixture, each task's map and raw intensity (the 3D map point on new test sets).
 
     python scripts/lesion_scale_image_study.py runs/hard3d_nocrop head --seeds 1 2 --cache runs/lesion_scale
-    python scripts/lesion_scale_image_study.py runs/hard3d_nocrop head --seeds 3 4 --test_images 96 ...
+    python scripts/lesion_scale_image_study.py runs/hard3d_nocrop head --seeds 1 2 3 4 --test_images 96 --pixel ...
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from monai.networks.layers import GaussianFilter
 from monai_mtlmad.apps.bundle import image_dataset, split_as_trained
 from monai_mtlmad.data.bmad import bmad_datalist
 from monai_mtlmad.data.loading import make_dataset
+from monai_mtlmad.metrics import pixel_auroc_anomalous
 from monai_mtlmad.metrics.functional import roc_auc
 from monai_mtlmad.scoring import AnomalyScorer
 from monai_mtlmad.transforms.foreground import foreground_mask, foreground_quantile
@@ -73,6 +75,23 @@ def record(root: Path, dataset: str, seed: int, variant: str, test_images: int) 
     return rec
 
 
+def test_images(root: Path, dataset: str, seed: int, variant: str, test_images: int) -> torch.Tensor:
+    """The test images as the model preprocesses them ``(B, C, *spatial)`` (raw intensity, the trivial map)."""
+    model = root / "runs" / dataset / variant / f"seed{seed}" / "models" / "model.pt"
+    det, _ = AnomalyScorer.load(model).preprocessing(with_mask=True)
+    test_dir = root / "data" / (f"{dataset}_test{test_images}" if test_images else dataset)
+    test = DataLoader(make_dataset(bmad_datalist(test_dir, "test", check=False), det, num_workers=0), batch_size=8)
+    return torch.cat([torch.as_tensor(batch["image"]) for batch in test])
+
+
+def pixel_aurocs(rec: dict, images: torch.Tensor) -> dict[str, float]:
+    """Pixel AUROC inside the lesion images (as ``evaluate.json`` reports it) of the shown map, the user's mixture,
+    each task's map and raw intensity."""
+    maps = {"shown map": rec["fused"], "user mixture": rec["user"],
+            **{k[4:]: v for k, v in rec.items() if k.startswith("map:")}, "raw intensity": images}
+    return {name: pixel_auroc_anomalous(m.float(), rec["mask"], rec["label"], rec["fg"]) for name, m in maps.items()}
+
+
 def peak(maps: torch.Tensor, fg: torch.Tensor, sigma: float) -> torch.Tensor:
     """``(B,)`` maximum over the foreground of ``maps (B, 1, *spatial)`` smoothed by a Gaussian of ``sigma`` voxels
     within the foreground (normalised convolution), ignoring voxels whose neighbourhood is mostly background."""
@@ -110,13 +129,15 @@ def main() -> None:
     p.add_argument("--test_images", type=int, default=0, help="0: the training set's own test split")
     p.add_argument("--cache", type=Path, default=None, help="folder for the recorded test maps")
     p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--pixel", action="store_true", help="also the maps' pixel AUROC inside the lesion images")
     args = p.parse_args()
     torch.set_num_threads(2)
     table: dict[str, dict[int, float]] = {}
+    pixel_table: dict[str, dict[int, float]] = {}
     for seed in args.seeds:
         cached = args.cache / f"{args.dataset}_seed{seed}_test{args.test_images}.pt" if args.cache else None
         if cached is not None and cached.exists():
-            rec = torch.load(cached)
+            rec = torch.load(cached, weights_only=False)  # our own cache (it holds MONAI MetaTensors)
         else:
             rec = record(args.root, args.dataset, seed, args.variant, args.test_images)
             if cached is not None:
@@ -125,14 +146,25 @@ def main() -> None:
         print(f"seed {seed}: shown map weights {rec['map_weights']}", flush=True)
         for name, score in candidates(rec).items():
             table.setdefault(name, {})[seed] = roc_auc(score, rec["label"])
-    print(f"\nimage AUROC, {args.dataset}, test images {args.test_images or 'own split'}, seeds {args.seeds}")
+        if args.pixel:
+            images = test_images(args.root, args.dataset, seed, args.variant, args.test_images)
+            for name, value in pixel_aurocs(rec, images).items():
+                pixel_table.setdefault(name, {})[seed] = value
+    rows = [("image AUROC", table)] + ([("pixel AUROC inside lesion images", pixel_table)] if args.pixel else [])
+    for what, figures in rows:
+        print(f"\n{what}, {args.dataset}, test images {args.test_images or 'own split'}, seeds {args.seeds}")
+        summarise(figures)
+    if args.output:
+        args.output.write_text(json.dumps({"image_auroc": table, "pixel_auroc_anomalous": pixel_table}, indent=1))
+
+
+def summarise(table: dict[str, dict[int, float]]) -> None:
+    """One line per score: its figure per seed, mean and standard deviation over seeds."""
     for name, per_seed in table.items():
         values = list(per_seed.values())
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"  {name:34s} " + " ".join(f"{v:.3f}" for v in values) + f"   mean {statistics.mean(values):.3f} "
               f"± {spread:.3f}")
-    if args.output:
-        args.output.write_text(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":
