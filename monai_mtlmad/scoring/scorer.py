@@ -17,7 +17,8 @@ p-values comes from cross-fitting: each calibration image is scored with normali
 other folds, never on itself. Both image scores get their own distribution, so the threshold and p-values are on
 the scale of the score in use. The threshold is conformal: an image is flagged exactly when its p-value is at most
 ``fpr``, so a new normal is flagged with probability at most ``fpr``; with fewer than ``1 / fpr - 1`` calibration
-normals (19 at 5 %) none is rare enough, and no image is flagged. The F1-optimal threshold is available when labelled anomalies are.
+normals (19 at 5 %) none is rare enough, and no image is flagged. The F1-optimal threshold is available when
+labelled anomalies are.
 
 The model file (:meth:`AnomalyScorer.save`) describes itself: network arguments, task specs, preprocessing, scorer
 settings and calibration, the package version and the training epoch; :meth:`AnomalyScorer.load` rebuilds a ready
