@@ -35,33 +35,43 @@ from monai_mtlmad.data.loading import make_dataset
 from monai_mtlmad.metrics import pixel_auroc_anomalous
 from monai_mtlmad.metrics.functional import roc_auc
 from monai_mtlmad.scoring import AnomalyScorer
+from monai_mtlmad.scoring.fusion import _mixture  # the fused map's weighted mean, here of the user's weights
 from monai_mtlmad.transforms.foreground import foreground_mask, foreground_quantile
 
 SIGMAS = (1.0, 2.0, 3.0)
 
 
+def model_path(root: Path, dataset: str, seed: int, variant: str) -> Path:
+    """Where ``compare_on_hard_sets.py`` wrote a model."""
+    return root / "runs" / dataset / variant / f"seed{seed}" / "models" / "model.pt"
+
+
+def test_loader(scorer: AnomalyScorer, root: Path, dataset: str, test_images: int) -> DataLoader:
+    """The test images with masks and labels, preprocessed as ``scorer`` stores it: the independent set of
+    ``test_images`` images, or (0) the training set's own test split."""
+    det, _ = scorer.preprocessing(with_mask=True)
+    test_dir = root / "data" / (f"{dataset}_test{test_images}" if test_images else dataset)
+    return DataLoader(make_dataset(bmad_datalist(test_dir, "test", check=False), det, num_workers=0), batch_size=8)
+
+
 def record(root: Path, dataset: str, seed: int, variant: str, test_images: int) -> dict:
     """The refitted scorer's view of the test images: normalised task maps, fused maps (shown and user's mixture),
-    foreground, lesion masks, labels, every image score and feature; and the calibration normals' features."""
-    model = root / "runs" / dataset / variant / f"seed{seed}" / "models" / "model.pt"
+    foreground, lesion masks, labels, every image score and feature."""
+    model = model_path(root, dataset, seed, variant)
     scorer = AnomalyScorer.load(model)
     scorer.student = None
     _, calibration = split_as_trained(scorer, model, root / "data" / dataset, seed=seed)
     det, _ = scorer.preprocessing(with_mask=False)
     with torch.no_grad():
         scorer.fit(DataLoader(image_dataset(calibration, det, what="calibration"), batch_size=8), seed=0)
-    det_masked, _ = scorer.preprocessing(with_mask=True)
-    test_dir = root / "data" / (f"{dataset}_test{test_images}" if test_images else dataset)
-    test = DataLoader(make_dataset(bmad_datalist(test_dir, "test", check=False), det_masked, num_workers=0), batch_size=8)
     out: dict[str, list] = {}
     with torch.no_grad():
-        for batch in test:
+        for batch in test_loader(scorer, root, dataset, test_images):
             images = batch["image"]
             fg = foreground_mask(images, scorer.rim)
             task_scores, task_maps = scorer._normalise(scorer.raw(images, foreground=fg))
             features, fused = scorer._features(task_scores, task_maps, fg)
-            user = sum(scorer.feature_map_weights[n] * m for n, m in task_maps.items()) / sum(
-                scorer.feature_map_weights.values())
+            user = _mixture(task_maps, scorer.feature_map_weights)
             scores = scorer._image_scores(features)
             for key, value in (("fg", fg), ("mask", torch.as_tensor(batch["mask"]) > 0),
                                ("label", torch.as_tensor(batch["label"]).reshape(-1)), ("features", features),
@@ -77,11 +87,8 @@ def record(root: Path, dataset: str, seed: int, variant: str, test_images: int) 
 
 def test_images(root: Path, dataset: str, seed: int, variant: str, test_images: int) -> torch.Tensor:
     """The test images as the model preprocesses them ``(B, C, *spatial)`` (raw intensity, the trivial map)."""
-    model = root / "runs" / dataset / variant / f"seed{seed}" / "models" / "model.pt"
-    det, _ = AnomalyScorer.load(model).preprocessing(with_mask=True)
-    test_dir = root / "data" / (f"{dataset}_test{test_images}" if test_images else dataset)
-    test = DataLoader(make_dataset(bmad_datalist(test_dir, "test", check=False), det, num_workers=0), batch_size=8)
-    return torch.cat([torch.as_tensor(batch["image"]) for batch in test])
+    scorer = AnomalyScorer.load(model_path(root, dataset, seed, variant))
+    return torch.cat([torch.as_tensor(batch["image"]) for batch in test_loader(scorer, root, dataset, test_images)])
 
 
 def pixel_aurocs(rec: dict, images: torch.Tensor) -> dict[str, float]:
