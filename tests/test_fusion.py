@@ -10,6 +10,7 @@ from monai_mtlmad.scoring.fusion import (
     OneClassGaussian,
     auroc_weights,
     conformal_threshold,
+    fewest_calibration_normals,
     forward_select_map_weights,
     image_scores,
     insert_validation_lesions,
@@ -278,6 +279,9 @@ def test_too_few_normals_for_the_rate_set_no_image_threshold_and_flag_nothing(te
     with pytest.warns(UserWarning, match="18 calibration normals cannot support a false-positive rate of 0.05"):
         assert normal_thresholds({"s": torch.randn(18)}, [], 0.05, 0.01)[1] == {"s": None}
     assert normal_thresholds({"s": torch.randn(19)}, [], 0.05, 0.01)[1]["s"] is not None  # 19 suffice at 5 %
+    for fpr in (0.01, 0.05, 0.1, 0.2, 0.3, 0.5):  # the count the MONAI Label retraining asks for is the exact one
+        k = fewest_calibration_normals(fpr)
+        assert conformal_threshold(torch.randn(k - 1), fpr) is None and conformal_threshold(torch.randn(k), fpr) is not None
     with pytest.warns(UserWarning, match="cannot support a false-positive rate of 0.05"):
         few = scorer("synthetic").fit(discs(12, seed=1))
     assert few.threshold is None and set(few.thresholds.values()) == {None}

@@ -191,3 +191,36 @@ def test_fast_mode_is_the_default_only_where_it_kept_the_quality(distilled, tmp_
     assert loaded.mode == mode and loaded.student is not None
     assert ("separated synthetic lesions less well" in caplog.text) == (mode == "full")
     assert load_detector(tmp_path / "model.pt", fast=True).mode == "fast"  # asked for, it is used anyway
+
+
+def test_model_files_with_interpolated_thresholds_get_conformal_ones_when_loaded(distilled, tmp_path):
+    """Files written before session 18 hold interpolated quantiles as image thresholds (with few normals they flag
+    new normals more often than fpr); loading sets them again from the kept calibration scores, for the full scorer
+    and the fast mode, and says so naming the file. A current file loads as saved, silently."""
+    import warnings
+
+    from monai_mtlmad.safe_io import load_checked, save_checked
+
+    folder, teacher, _ = distilled
+    state = load_checked(folder / "with_student.pt")
+    fpr = state["scorer"]["fpr"]
+    for part in (state["scorer"], state["student"]):
+        part["thresholds"] = {k: float(torch.quantile(v, 1 - fpr)) for k, v in part["normal_scores"].items()}
+    save_checked(state, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match=r"old\.pt( \(fast mode\))?: image thresholds set again as conformal") as caught:
+        loaded = AnomalyScorer.load(tmp_path / "old.pt")
+    assert any("old.pt (fast mode)" in str(w.message) for w in caught)
+    for part, stored in ((loaded, state["scorer"]), (loaded.student, state["student"])):
+        for name, normal in stored["normal_scores"].items():
+            assert part.thresholds[name] == conformal_threshold(normal, fpr) != stored["thresholds"][name]
+    # too few kept normals for fpr: no threshold at all, so nothing is flagged
+    state["scorer"]["normal_scores"] = {k: v[:3] for k, v in state["scorer"]["normal_scores"].items()}
+    save_checked(state, tmp_path / "few.pt")
+    with pytest.warns(UserWarning, match="few.pt"):
+        few = AnomalyScorer.load(tmp_path / "few.pt")
+    assert few.threshold is None and not bool(few.score(torch.from_numpy(head_phantoms(2, (32, 32), seed=3))).anomalous.any())
+    with warnings.catch_warnings(record=True) as caught:  # a file written now: thresholds kept as saved, silently
+        warnings.simplefilter("always")
+        current = AnomalyScorer.load(folder / "with_student.pt")
+    assert not [w for w in caught if "set again" in str(w.message)]
+    assert current.thresholds == teacher.thresholds and current.student.thresholds == teacher.student.thresholds

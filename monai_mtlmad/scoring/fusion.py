@@ -35,8 +35,8 @@ from monai_mtlmad.transforms.functional import irregular_blob_masks, sample_fore
 __all__ = [
     "insert_validation_lesions", "ledoit_wolf", "OneClassGaussian", "cross_fitted_one_class", "auroc_weights",
     "feature_names", "feature_vectors", "feature_aurocs", "synthetic_feature_weights", "FEATURE_SCALES", "image_scores",
-    "pixel_auroc", "conformal_threshold", "normal_thresholds", "MAP_WEIGHTINGS", "pixel_sample", "select_map_weights",
-    "forward_select_map_weights", "MAP_SELECTIONS",
+    "pixel_auroc", "conformal_threshold", "fewest_calibration_normals", "image_thresholds", "normal_thresholds",
+    "MAP_WEIGHTINGS", "pixel_sample", "select_map_weights", "forward_select_map_weights", "MAP_SELECTIONS",
 ]
 
 
@@ -258,14 +258,37 @@ def conformal_threshold(normal: torch.Tensor, fpr: float) -> float | None:
     if m < 1:
         return None
     v = torch.sort(normal.flatten()).values[n - m]
-    return float(torch.nextafter(v, torch.tensor(math.inf, dtype=v.dtype)))  # in the scores' precision, not Python's
+    up = torch.tensor(math.inf, dtype=v.dtype, device=v.device)
+    return float(torch.nextafter(v, up))  # the next score in the scores' precision, not Python's
+
+
+def fewest_calibration_normals(fpr: float) -> int:
+    """The fewest calibration normals that set an image threshold at ``fpr`` (:func:`conformal_threshold`): the
+    least ``n`` with ``floor((n + 1) fpr) >= 1``, i.e. ``ceil(1 / fpr) - 1`` (19 at 5 %, 99 at 1 %)."""
+    return math.ceil(1 / fpr - 1e-9) - 1
+
+
+def image_thresholds(normal: Mapping[str, torch.Tensor], fpr: float, warn: bool = True) -> dict[str, float | None]:
+    """Each image score's threshold at ``fpr`` (:func:`conformal_threshold`) over its calibration normals' scores;
+    with ``warn``, a warning when there are too few normals for any (then those thresholds are None and nothing is
+    flagged)."""
+    thresholds = {k: conformal_threshold(v, fpr) for k, v in normal.items()}
+    if warn and normal and None in thresholds.values():
+        n = next(iter(normal.values())).numel()
+        warnings.warn(
+            f"{n} calibration normals cannot support a false-positive rate of {fpr}: no normal score is that rare "
+            f"among so few (at least {fewest_calibration_normals(fpr)} are needed). No image score threshold is set, "
+            "so no image is flagged; p-values and maps still hold.",
+            stacklevel=4,
+        )
+    return thresholds
 
 
 def normal_thresholds(
     scores: Mapping[str, torch.Tensor], pixels: Sequence[torch.Tensor], fpr: float, pixel_fpr: float
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | None], float | None]:
     """What a detector keeps of its calibration normals (the full scorer and the student alike): each image score's
-    sorted normal values (for p-values), its threshold at ``fpr`` (:func:`conformal_threshold`; None, with a warning,
+    sorted normal values (for p-values), its threshold at ``fpr`` (:func:`image_thresholds`; None, with a warning,
     when there are too few normals), and the pixel threshold at ``pixel_fpr`` over the fused maps' sampled foreground
     values ``pixels`` (None without maps).
 
@@ -274,15 +297,7 @@ def normal_thresholds(
         pixels: 1-D samples of the normals' fused-map foreground values.
     """
     normal = {k: torch.sort(v).values for k, v in scores.items()}
-    thresholds = {k: conformal_threshold(v, fpr) for k, v in normal.items()}
-    if normal and None in thresholds.values():
-        n = next(iter(normal.values())).numel()
-        warnings.warn(
-            f"{n} calibration normals cannot support a false-positive rate of {fpr}: no normal score is that rare "
-            f"among so few (at least {math.ceil(1 / fpr - 1e-9) - 1} are needed). No image score threshold is set, so "
-            "no image is flagged; p-values and maps still hold.",
-            stacklevel=3,
-        )
+    thresholds = image_thresholds(normal, fpr)
     pixel = float(torch.quantile(quantile_sample(torch.cat(list(pixels))), 1 - pixel_fpr)) if len(pixels) else None
     return normal, thresholds, pixel
 

@@ -51,7 +51,9 @@ from monai_mtlmad.scoring.fusion import (
     cross_fitted_one_class,
     feature_names,
     feature_vectors,
+    fewest_calibration_normals,
     image_scores,
+    image_thresholds,
     insert_validation_lesions,
     normal_thresholds,
     pixel_sample,
@@ -634,12 +636,32 @@ class AnomalyScorer:
             preprocessing = {**preprocessing, "crop_to_body": bool(crop)}
         scorer = cls(net, tasks, preprocessing=preprocessing)
         scorer.load_state_dict(state["scorer"])
+        scorer.thresholds = _conformal_thresholds(scorer.thresholds, scorer.normal_scores, scorer.fpr, f"{path}")
         scorer.training = dict(state.get("training") or {})
         if state.get("student") is not None:
-            scorer.student = DistilledStudent.from_state(state["student"])
+            scorer.student = student = DistilledStudent.from_state(state["student"])
+            student.thresholds = _conformal_thresholds(student.thresholds, student.normal_scores,
+                                                       student.calibration.get("fpr", scorer.fpr), f"{path} (fast mode)")
             if map_location is not None:
                 scorer.student.to(map_location)
         return scorer
+
+
+def _conformal_thresholds(stored: Mapping[str, float | None], normal: Mapping[str, torch.Tensor], fpr: float,
+                          source: str) -> dict[str, float | None]:
+    """The image thresholds of a loaded model file, set again from its kept calibration scores: files written before
+    session 18 hold interpolated quantiles, which flag a new normal more often than ``fpr`` when the normals are few
+    (about one time in five at 5 % over 5 normals). A warning names the file when that changes a threshold."""
+    fresh = image_thresholds(normal, fpr, warn=False)
+    if any(fresh[k] != stored.get(k) for k in fresh):
+        needed = fewest_calibration_normals(fpr)
+        warnings.warn(
+            f"{source}: image thresholds set again as conformal thresholds at fpr {fpr} from its "
+            f"{next(iter(normal.values())).numel()} calibration normals (None: fewer than {needed}, nothing flagged): "
+            + ", ".join(f"{k} {stored.get(k)} -> {fresh[k]}" for k in fresh if fresh[k] != stored.get(k)),
+            stacklevel=3,
+        )
+    return fresh
 
 
 def _preprocessing_config(config: Mapping[str, Any]) -> dict[str, Any]:
