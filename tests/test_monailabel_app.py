@@ -328,18 +328,29 @@ def test_retraining_on_confirmed_normals_publishes_a_new_version(served_2d):
             r = requests.put(f"{server.url}/datastore/label", params={"image": f"normal_{i:02d}", "tag": "final"},
                              files={"label": ("normal.png", f, "image/png")}, timeout=60)
         assert r.status_code == 200, r.text
+    # ten normals leave four to calibrate the new version, too few for the 5 % image threshold that the served one
+    # has (20 calibration normals): refused before training, naming what is needed
+    r = requests.post(f"{server.url}/train/mtlmad_anomaly", params={"run_sync": "true"}, json={"steps": 4}, timeout=600)
+    assert r.status_code == 422 and "at least 40 normal studies" in r.text and "allow_no_image_threshold" in r.text
+    allowed = {"allow_no_image_threshold": True}
     # a retraining that must beat the current version by a whole AUROC point cannot: nothing is published
     r = requests.post(f"{server.url}/train/mtlmad_anomaly", params={"run_sync": "true"},
-                      json={"steps": 4, "tolerance": -1.0}, timeout=1200)
+                      json={"steps": 4, "tolerance": -1.0, **allowed}, timeout=1200)
     assert r.status_code == 200, r.text
-    assert not r.json()["published"] and parts(server.infer("mtlmad_anomaly", "normal_00"))[1]["model"]["version"] == 1
-    # one allowed to lose (tolerance 1) is published, and served from the next request
+    assert not r.json()["published"] and "less well" in r.json()["reason"]
+    assert parts(server.infer("mtlmad_anomaly", "normal_00"))[1]["model"]["version"] == 1
+    # one allowed to lose (tolerance 1) is published, and served from the next request; the answer says that it
+    # has no image threshold, and the served version then flags nothing
     r = requests.post(f"{server.url}/train/mtlmad_anomaly", params={"run_sync": "true"},
-                      json={"steps": 8, "tolerance": 1.0}, timeout=1200)
+                      json={"steps": 8, "tolerance": 1.0, **allowed}, timeout=1200)
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["published"] and result["version"] == 2 and sum(result["normals"].values()) == 10
-    assert parts(server.infer("mtlmad_anomaly", "lesion_" + next(iter(masks)).removeprefix("lesion_")))[1]["model"]["version"] == 2
+    threshold = result["image_threshold"]
+    assert threshold["current"] is not None and threshold["retrained"] is None and threshold["calibration_normals"] == 4
+    assert "flags no study" in result["warning"]
+    info = parts(server.infer("mtlmad_anomaly", "lesion_" + next(iter(masks)).removeprefix("lesion_")))[1]
+    assert info["model"]["version"] == 2 and info["threshold"] is None and info["anomalous"] is False
     assert (tmp / "app" / "model" / "model_v1.pt").is_file()
     # the strategy proposes an unlabelled study, the most anomalous one
     r = requests.post(f"{server.url}/activelearning/most_anomalous", json={}, timeout=600)

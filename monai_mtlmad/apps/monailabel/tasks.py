@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -21,6 +22,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
+from monai_mtlmad.apps.bundle import as_flag
 from monai_mtlmad.apps.serving import StudyScorer, write_study_map
 
 __all__ = ["AnomalyInfer", "NormalsTrain", "MostAnomalous", "normal_studies"]
@@ -106,8 +108,14 @@ class NormalsTrain(TrainTask):
     fast mode in the file is dropped (it was distilled from the previous network; retrain with the bundle's
     ``--fast_steps`` to have one again).
 
+    The new version's image threshold is conformal at the model's ``fpr`` over those calibration normals, and there
+    is none (no study flagged) with fewer than :func:`~monai_mtlmad.scoring.fusion.fewest_calibration_normals` of
+    them (19 at 5 %, so 40 confirmed normals). When the version served now has one, a retraining that would lose it
+    is refused before it trains (HTTP 422, naming how many normals are needed) unless the request allows it. The
+    answer reports both thresholds.
+
     Request options: ``steps`` (default 200), ``learning_rate`` (1e-3), ``seed`` (0), ``tolerance`` (0: publish when
-    the retrained figure is at least the current one minus this).
+    the retrained figure is at least the current one minus this), ``allow_no_image_threshold`` (false).
 
     Args:
         scorer: the served model.
@@ -133,7 +141,7 @@ class NormalsTrain(TrainTask):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         from monai_mtlmad.engines import fit_learner
         from monai_mtlmad.scoring import AnomalyScorer, foreground_mask
-        from monai_mtlmad.scoring.fusion import insert_validation_lesions
+        from monai_mtlmad.scoring.fusion import fewest_calibration_normals, insert_validation_lesions
         from monai_mtlmad.metrics import roc_auc
 
         start = time.time()
@@ -141,6 +149,7 @@ class NormalsTrain(TrainTask):
         lr = float(request.get("learning_rate", self.learning_rate))
         seed = int(request.get("seed", self.seed))
         tolerance = float(request.get("tolerance", 0.0))
+        allow_no_threshold = as_flag(request.get("allow_no_image_threshold", False), "allow_no_image_threshold")
         ids = normal_studies(datastore)
         if len(ids) < self.min_normals:
             raise MONAILabelException(
@@ -151,6 +160,8 @@ class NormalsTrain(TrainTask):
         path, device = self.scorer.model_path, self.scorer.device
         current = AnomalyScorer.load(path, map_location=device)
         version = int(current.training.get("version", 1))
+        self.scorer.version  # the served detector, loaded: its threshold is the decision users get now
+        served_threshold = self.scorer.detector.threshold
         det, _ = current.preprocessing(with_mask=False)
         images, skipped = [], []
         for image_id in ids:
@@ -164,6 +175,17 @@ class NormalsTrain(TrainTask):
         quarter = max(2, len(images) // 4)
         validation, calibration = images[order[:quarter]], images[order[quarter : 2 * quarter]]
         training = images[order[2 * quarter :]]
+        fewest = fewest_calibration_normals(current.fpr)
+        if 2 * quarter < fewest and served_threshold is not None and not allow_no_threshold:
+            # the published version calibrates on two quarters of the normals: 2 * (n // 4) >= fewest from this n
+            needed = max(self.min_normals, 4 * math.ceil(fewest / 2)) + len(skipped)
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT,
+                f"{len(images)} readable confirmed normals leave {2 * quarter} to calibrate the retrained version, too "
+                f"few for an image threshold at fpr {current.fpr} ({fewest} are needed), while the version served now "
+                f"has one: the new version would flag no study. Confirm at least {needed} normal studies, or retrain "
+                "with allow_no_image_threshold=true (its maps, segments and p-values would still hold).",
+            )
 
         def judge(scorer: AnomalyScorer) -> float:
             scorer.student = None
@@ -184,13 +206,21 @@ class NormalsTrain(TrainTask):
             "published": published,
             "version": version + 1 if published else version,
             "validation_image_auroc": {"current": before, "retrained": after, "tolerance": tolerance},
+            "image_threshold": {"fpr": current.fpr, "current": served_threshold, "retrained": None,
+                                "calibration_normals": 2 * quarter},
             "normals": {"train": len(training), "calibration": len(calibration), "validation": len(validation)},
             "skipped": skipped,
             "steps": steps,
             "seconds": round(time.time() - start, 1),
         }
+        if not published:
+            result["reason"] = "the retrained version separated the validation lesions less well than the current one"
         if published:
             new.fit(torch.cat([calibration, validation]), seed=seed)
+            result["image_threshold"]["retrained"] = new.threshold
+            if new.threshold is None:
+                result["warning"] = (f"published without an image threshold: {2 * quarter} calibration normals are too "
+                                     f"few for fpr {new.fpr} ({fewest} needed); this version flags no study")
             new.training = {**current.training, "version": version + 1, "retrained": {k: result[k] for k in
                                                                                       ("validation_image_auroc", "normals", "steps")}}
             shutil.copy2(path, path.with_name(f"model_v{version}.pt"))
