@@ -137,10 +137,14 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=None, help="folder for the recorded test maps")
     p.add_argument("--output", type=Path, default=None)
     p.add_argument("--pixel", action="store_true", help="also the maps' pixel AUROC inside the lesion images")
+    p.add_argument("--paired", action="store_true",
+                   help="the test set is paired (make_demo_dataset(paired=True): normal i is lesion i's original): "
+                        "also each score's paired win rate, the share of lesioned images scoring above their twin")
     args = p.parse_args()
     torch.set_num_threads(2)
     table: dict[str, dict[int, float]] = {}
     pixel_table: dict[str, dict[int, float]] = {}
+    win_table: dict[str, dict[int, float]] = {}
     for seed in args.seeds:
         cached = args.cache / f"{args.dataset}_seed{seed}_test{args.test_images}.pt" if args.cache else None
         if cached is not None and cached.exists():
@@ -153,16 +157,29 @@ def main() -> None:
         print(f"seed {seed}: shown map weights {rec['map_weights']}", flush=True)
         for name, score in candidates(rec).items():
             table.setdefault(name, {})[seed] = roc_auc(score, rec["label"])
+            if args.paired:
+                win_table.setdefault(name, {})[seed] = paired_win_rate(score, rec["label"])
         if args.pixel:
             images = test_images(args.root, args.dataset, seed, args.variant, args.test_images)
             for name, value in pixel_aurocs(rec, images).items():
                 pixel_table.setdefault(name, {})[seed] = value
     rows = [("image AUROC", table)] + ([("pixel AUROC inside lesion images", pixel_table)] if args.pixel else [])
+    rows += [("paired win rate (lesioned above its own twin)", win_table)] if args.paired else []
     for what, figures in rows:
         print(f"\n{what}, {args.dataset}, test images {args.test_images or 'own split'}, seeds {args.seeds}")
         summarise(figures)
     if args.output:
-        args.output.write_text(json.dumps({"image_auroc": table, "pixel_auroc_anomalous": pixel_table}, indent=1))
+        args.output.write_text(json.dumps({"image_auroc": table, "pixel_auroc_anomalous": pixel_table,
+                                           "paired_win_rate": win_table}, indent=1))
+
+
+def paired_win_rate(score: torch.Tensor, label: torch.Tensor) -> float:
+    """Share of pairs whose lesioned image scores above its lesion-free twin (ties count half), for a paired set
+    read in its datalist order: the normals ``normal_i`` first, then the lesioned ``lesion_i``, both sorted by name."""
+    normal, sick = score[label == 0], score[label == 1]
+    if normal.numel() != sick.numel():
+        raise ValueError(f"a paired set has as many normals as lesioned images, got {normal.numel()} and {sick.numel()}.")
+    return float((sick > normal).float().mean() + 0.5 * (sick == normal).float().mean())
 
 
 def summarise(table: dict[str, dict[int, float]]) -> None:

@@ -377,6 +377,29 @@ def test_harder_generated_sets(tmp_path, anatomy, dims):
         assert variation(size_range=(0.55, 1.0), scalp=True) > 2 * variation()
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_paired_sets_hold_each_lesioned_images_own_original_as_its_normal(tmp_path, dims):
+    """paired=True: the normal half of the test split is the lesioned half before its lesions (same anatomy), read
+    back from the written files; the lesioned half is the one an unpaired set has."""
+    size = 64 if dims == 2 else 24
+    kw = dict(n_train=2, n_valid=2, n_test=8, size=size, anatomy="head", hard=True)
+    paired = make_demo_dataset(tmp_path / "paired", dims, paired=True, **kw)
+    plain = make_demo_dataset(tmp_path / "plain", dims, **kw)
+    load = LoadImage(image_only=True)
+    items = bmad_datalist(paired, "test")
+    assert [d["label"] for d in items] == [0] * 4 + [1] * 4 and "paired=True" in (paired / "README.txt").read_text()
+    for normal, sick in zip(items[:4], items[4:]):
+        assert Path(sick["image"]).read_bytes() == Path(sick["image"].replace(str(paired), str(plain))).read_bytes()
+        twin, lesioned = np.asarray(load(normal["image"]), float), np.asarray(load(sick["image"]), float)
+        other = np.asarray(load(normal["image"].replace(str(paired), str(plain))), float)  # an unpaired normal
+        head = (twin > 0) | (lesioned > 0) | (other > 0)
+        # the same head, voxel for voxel, except where the lesion, its edema or its mass effect reach (at most
+        # about a third of the head here); an unpaired normal is another head and matches almost nowhere
+        assert (twin == lesioned)[head].mean() > 0.6 and (other == lesioned)[head].mean() < 0.1, normal["image"]
+        lesion = np.asarray(load(sick["mask"])) > 0
+        assert np.abs(twin - lesioned)[lesion].mean() > 0  # without the lesion
+
+
 @pytest.mark.parametrize("contrast", [1.0, 0.4])
 def test_chest_and_head_lesions_change_only_their_region_by_their_contrast(contrast):
     from monai_mtlmad.data import (

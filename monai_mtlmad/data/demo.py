@@ -61,6 +61,7 @@ def make_demo_dataset(
     seed: int = 0,
     anatomy: str = "head",
     hard: bool = False,
+    paired: bool = False,
 ) -> Path:
     """Write the phantom dataset under ``root`` in the BMAD layout and return ``root``.
 
@@ -76,6 +77,10 @@ def make_demo_dataset(
         seed: everything is a deterministic function of it.
         anatomy: ``"head"`` (MRI-like) or ``"chest"`` (CT-like, lung window).
         hard: the harder variant (see the module docstring); chests are always sliced at different levels.
+        paired: the normal half of the valid and test splits is the lesioned half's own lesion-free originals
+            (``good/img/normal_i`` is ``Ungood/img/lesion_i`` before its lesion), so both halves hold the same
+            anatomy and an image-level comparison measures only the response to the lesions. The lesioned half is
+            the same as without it; with an odd count the extra normal is left out.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
@@ -107,10 +112,11 @@ def make_demo_dataset(
         _write(root / "train" / "good" / "img" / f"normal_{i:04d}{ext}", img[0], spatial_dims)
     for k, (split, n) in enumerate((("valid", n_valid), ("test", n_test))):
         n_normal, n_sick = n - n // 2, n // 2
-        for i, img in enumerate(normals(n_normal, seed + 10 * k + 1)):
-            _write(root / split / "good" / "img" / f"normal_{i:04d}{ext}", img[0], spatial_dims)
         if n_sick:
             sick, organ = normals(n_sick, seed + 10 * k + 2, organ=True)
+        for i, img in enumerate(sick if paired and n_sick else normals(n_normal, seed + 10 * k + 1)):
+            _write(root / split / "good" / "img" / f"normal_{i:04d}{ext}", img[0], spatial_dims)
+        if n_sick:
             sick, masks = lesions(sick, organ, seed + k)
             for i, (img, m) in enumerate(zip(sick, masks)):
                 name = f"lesion_{i:04d}{ext}"
@@ -119,7 +125,8 @@ def make_demo_dataset(
     (root / "README.txt").write_text(
         f"monai-mtlmad {'hard ' if hard else ''}{anatomy} dataset: synthetic PHANTOMS for smoke tests, demos and "
         "comparisons, NOT clinical data.\n"
-        f"spatial_dims={spatial_dims} size={size} seed={seed} anatomy={anatomy} hard={hard}; layout as BMAD "
+        f"spatial_dims={spatial_dims} size={size} seed={seed} anatomy={anatomy} hard={hard} paired={paired}; "
+        "layout as BMAD "
         "(train/valid/test, good/Ungood).\n"
     )
     return root
