@@ -6,7 +6,9 @@ Today's image features are whole-image task errors and the 99th foreground perce
 harder 3D heads covers 0.1-5 % of the head (median about 300 voxels of a 48^3 volume), so a 1 % quantile mixes its
 voxels with the brightest normal ones. The candidates here are the maximum over the foreground of a map smoothed by
 a Gaussian of ``sigma`` voxels (masked to the foreground, so the rim's zeros do not dilute it) and the 99.9th
-percentile, for the shown (selected) fused map, the user's mixture and each task's map.
+percentile, for the shown (selected) fused map, the user's mixture and each task's map; and each map's 99.9th
+percentile above its median in units of its interquartile range over the same image's foreground (the peak against
+the image's own spread: a head compared with itself, not with other heads).
 
 For each model of ``scripts/compare_on_hard_sets.py`` the scorer is refitted on its calibration split with today's
 defaults, the test images are scored once, and their normalised task maps are cached (``--cache``), so every
@@ -121,7 +123,10 @@ def candidates(rec: dict) -> dict[str, torch.Tensor]:
     for label, key in (("shown", "fused"), ("user mixture", "user"),
                        *((n[4:], n) for n in rec if n.startswith("map:"))):
         maps = rec[key]
-        out[f"{label} q99.9"] = foreground_quantile(maps.float(), fg, 0.999)[0]
+        q = {p: foreground_quantile(maps.float(), fg, p)[0] for p in (0.25, 0.5, 0.75, 0.999)}
+        out[f"{label} q99.9"] = q[0.999]
+        # the peak in units of the image's own spread: compares a head with itself, not with other heads
+        out[f"{label} peak over own spread"] = (q[0.999] - q[0.5]) / (q[0.75] - q[0.25]).clamp_min(1e-6)
         for s in SIGMAS:
             out[f"{label} peak s{s:g}"] = peak(maps, fg, s)
     return out
