@@ -8,7 +8,8 @@ voxels with the brightest normal ones. The candidates here are the maximum over 
 a Gaussian of ``sigma`` voxels (masked to the foreground, so the rim's zeros do not dilute it) and the 99.9th
 percentile, for the shown (selected) fused map, the user's mixture and each task's map; and each map's 99.9th
 percentile above its median in units of its interquartile range over the same image's foreground (the peak against
-the image's own spread: a head compared with itself, not with other heads).
+the image's own spread: a head compared with itself, not with other heads); and its two halves across the heads'
+mirror plane compared (:func:`halves`).
 
 For each model of ``scripts/compare_on_hard_sets.py`` the scorer is refitted on its calibration split with today's
 defaults, the test images are scored once, and their normalised task maps are cached (``--cache``), so every
@@ -112,6 +113,28 @@ def peak(maps: torch.Tensor, fg: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.where(inside, value, torch.full_like(value, -float("inf"))).flatten(1).amax(1)
 
 
+def halves(maps: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``(B,)`` comparisons of a head's two halves across the last spatial axis (the generated heads' mirror
+    plane), split at the foreground's centre of mass, each in units of the map's foreground interquartile range: the
+    difference of the halves' mean, and the 99.9th percentile of the map minus its mirror image (over voxels whose
+    mirror is foreground too)."""
+    maps, fg = maps[:, 0].float(), fg[:, 0].bool()
+    n = fg.shape[-1]
+    idx, j = torch.arange(n, dtype=torch.float32), torch.arange(n)
+    half, mirror = [], []
+    for x, f in zip(maps, fg):
+        c = (f.float().flatten(0, -2).sum(0) * idx).sum() / f.sum()
+        q = torch.quantile(x[f], torch.tensor([0.25, 0.75]))
+        iqr = (q[1] - q[0]).clamp_min(1e-6)
+        half.append((x[f & (idx < c)].mean() - x[f & (idx >= c)].mean()).abs() / iqr)
+        jm = int(torch.round(2 * c)) - j  # voxel j's mirror
+        ok = (jm >= 0) & (jm < n)
+        xm, fm = torch.zeros_like(x), torch.zeros_like(f)
+        xm[..., j[ok]], fm[..., j[ok]] = x[..., jm[ok]], f[..., jm[ok]]
+        mirror.append(torch.quantile((x - xm)[f & fm], 0.999) / iqr)
+    return torch.stack(half), torch.stack(mirror)
+
+
 def candidates(rec: dict) -> dict[str, torch.Tensor]:
     """Every image score to compare, ``{name: (B,)}``."""
     fg, out = rec["fg"], {}
@@ -127,6 +150,7 @@ def candidates(rec: dict) -> dict[str, torch.Tensor]:
         out[f"{label} q99.9"] = q[0.999]
         # the peak in units of the image's own spread: compares a head with itself, not with other heads
         out[f"{label} peak over own spread"] = (q[0.999] - q[0.5]) / (q[0.75] - q[0.25]).clamp_min(1e-6)
+        out[f"{label} half difference"], out[f"{label} mirror peak"] = halves(maps, fg)
         for s in SIGMAS:
             out[f"{label} peak s{s:g}"] = peak(maps, fg, s)
     return out
