@@ -136,6 +136,18 @@ def test_comparison_on_the_hard_sets_runs_the_bundle_and_tabulates(tmp_path):
     assert abs(best - max(evaluated["per_task"].values())) < 1e-4  # metrics.json rounds to 4 places
     assert abs(margins["synthetic (default)"]["chest"][0] + best - evaluated["image_scores"]["synthetic"]["auroc"]) < 1e-4
     assert len(margins) >= 12 and "| Fisher, AUROC weights |" in (tmp_path / "image_fusion_study.md").read_text(encoding="utf-8")
+    # the lesion-scale study refits the same model and scores the same test images: its default image score and
+    # its shown map are what evaluate.json measured; every candidate gets a figure
+    study = tmp_path / "lesion_scale.json"
+    subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "scripts/lesion_scale_image_study.py"), str(tmp_path),
+                    "chest", "--seeds", "0", "--variant", "5_tasks_plus_denoising", "--test_images", "6", "--pixel",
+                    "--paired", "--output", str(study)], check=True, capture_output=True, timeout=900)
+    study = json.loads(study.read_text())
+    default = study["image_auroc"]["today: synthetic"]["0"]
+    assert abs(default - evaluated["image_scores"]["synthetic"]["auroc"]) < 1e-4
+    assert abs(study["pixel_auroc_anomalous"]["shown map"]["0"] - evaluated["pixel_auroc_anomalous"]) < 1e-3
+    for name in ("shown peak over own spread", "shown half difference", "shown mirror peak", "denoising mirror peak"):
+        assert 0 <= study["image_auroc"][name]["0"] <= 1 and 0 <= study["paired_win_rate"][name]["0"] <= 1, name
     # retrained, the model's earlier rows are replaced, not kept beside the new ones
     subprocess.run(cmd + ["--test_images", "6", "--map_weights", "selected", "--retrain"], check=True, capture_output=True,
                    timeout=900)
