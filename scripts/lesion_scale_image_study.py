@@ -113,19 +113,17 @@ def peak(maps: torch.Tensor, fg: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.where(inside, value, torch.full_like(value, -float("inf"))).flatten(1).amax(1)
 
 
-def halves(maps: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def halves(maps: torch.Tensor, fg: torch.Tensor, spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two ``(B,)`` comparisons of a head's two halves across the last spatial axis (the generated heads' mirror
-    plane), split at the foreground's centre of mass, each in units of the map's foreground interquartile range: the
-    difference of the halves' mean, and the 99.9th percentile of the map minus its mirror image (over voxels whose
-    mirror is foreground too)."""
+    plane), split at the foreground's centre of mass, each in units of ``spread (B,)`` (the map's foreground
+    interquartile range): the difference of the halves' mean, and the 99.9th percentile of the map minus its mirror
+    image (over voxels whose mirror is foreground too)."""
     maps, fg = maps[:, 0].float(), fg[:, 0].bool()
     n = fg.shape[-1]
     idx, j = torch.arange(n, dtype=torch.float32), torch.arange(n)
     half, mirror = [], []
-    for x, f in zip(maps, fg):
+    for x, f, iqr in zip(maps, fg, spread):
         c = (f.float().flatten(0, -2).sum(0) * idx).sum() / f.sum()
-        q = torch.quantile(x[f], torch.tensor([0.25, 0.75]))
-        iqr = (q[1] - q[0]).clamp_min(1e-6)
         half.append((x[f & (idx < c)].mean() - x[f & (idx >= c)].mean()).abs() / iqr)
         jm = int(torch.round(2 * c)) - j  # voxel j's mirror
         ok = (jm >= 0) & (jm < n)
@@ -147,10 +145,11 @@ def candidates(rec: dict) -> dict[str, torch.Tensor]:
                        *((n[4:], n) for n in rec if n.startswith("map:"))):
         maps = rec[key]
         q = {p: foreground_quantile(maps.float(), fg, p)[0] for p in (0.25, 0.5, 0.75, 0.999)}
+        spread = (q[0.75] - q[0.25]).clamp_min(1e-6)
         out[f"{label} q99.9"] = q[0.999]
         # the peak in units of the image's own spread: compares a head with itself, not with other heads
-        out[f"{label} peak over own spread"] = (q[0.999] - q[0.5]) / (q[0.75] - q[0.25]).clamp_min(1e-6)
-        out[f"{label} half difference"], out[f"{label} mirror peak"] = halves(maps, fg)
+        out[f"{label} peak over own spread"] = (q[0.999] - q[0.5]) / spread
+        out[f"{label} half difference"], out[f"{label} mirror peak"] = halves(maps, fg, spread)
         for s in SIGMAS:
             out[f"{label} peak s{s:g}"] = peak(maps, fg, s)
     return out

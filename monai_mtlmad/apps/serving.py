@@ -77,6 +77,13 @@ class StudyScorer:
             self._load()
             return int(self.detector.training.get("version", 1))
 
+    @property
+    def threshold(self) -> float | None:
+        """The served detector's image threshold (None: too few calibration normals, no study is flagged)."""
+        with self._lock:
+            self._load()
+            return self.detector.threshold
+
     def __call__(self, path: str | Path) -> StudyResult:
         """Score one study (a file or a DICOM series folder).
 

@@ -126,7 +126,6 @@ def make_demo_dataset(
         f"monai-mtlmad {'hard ' if hard else ''}{anatomy} dataset: synthetic PHANTOMS for smoke tests, demos and "
         "comparisons, NOT clinical data.\n"
         f"spatial_dims={spatial_dims} size={size} seed={seed} anatomy={anatomy} hard={hard} paired={paired}; "
-        "layout as BMAD "
-        "(train/valid/test, good/Ungood).\n"
+        "layout as BMAD (train/valid/test, good/Ungood).\n"
     )
     return root

@@ -653,12 +653,13 @@ def _conformal_thresholds(stored: Mapping[str, float | None], normal: Mapping[st
     session 18 hold interpolated quantiles, which flag a new normal more often than ``fpr`` when the normals are few
     (about one time in five at 5 % over 5 normals). A warning names the file when that changes a threshold."""
     fresh = image_thresholds(normal, fpr, warn=False)
-    if any(fresh[k] != stored.get(k) for k in fresh):
+    changed = [k for k in fresh if fresh[k] != stored.get(k)]
+    if changed:
         needed = fewest_calibration_normals(fpr)
         warnings.warn(
             f"{source}: image thresholds set again as conformal thresholds at fpr {fpr} from its "
             f"{next(iter(normal.values())).numel()} calibration normals (None: fewer than {needed}, nothing flagged): "
-            + ", ".join(f"{k} {stored.get(k)} -> {fresh[k]}" for k in fresh if fresh[k] != stored.get(k)),
+            + ", ".join(f"{k} {stored.get(k)} -> {fresh[k]}" for k in changed),
             stacklevel=3,
         )
     return fresh

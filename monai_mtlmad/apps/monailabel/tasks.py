@@ -160,8 +160,7 @@ class NormalsTrain(TrainTask):
         path, device = self.scorer.model_path, self.scorer.device
         current = AnomalyScorer.load(path, map_location=device)
         version = int(current.training.get("version", 1))
-        self.scorer.version  # the served detector, loaded: its threshold is the decision users get now
-        served_threshold = self.scorer.detector.threshold
+        served_threshold = self.scorer.threshold  # the decision users get now (the fast mode's, where it serves)
         det, _ = current.preprocessing(with_mask=False)
         images, skipped = [], []
         for image_id in ids:
@@ -213,8 +212,6 @@ class NormalsTrain(TrainTask):
             "steps": steps,
             "seconds": round(time.time() - start, 1),
         }
-        if not published:
-            result["reason"] = "the retrained version separated the validation lesions less well than the current one"
         if published:
             new.fit(torch.cat([calibration, validation]), seed=seed)
             result["image_threshold"]["retrained"] = new.threshold
@@ -225,6 +222,8 @@ class NormalsTrain(TrainTask):
                                                                                       ("validation_image_auroc", "normals", "steps")}}
             shutil.copy2(path, path.with_name(f"model_v{version}.pt"))
             new.save(path)
+        else:
+            result["reason"] = "the retrained version separated the validation lesions less well than the current one"
         logger.info(f"retraining on {len(images)} confirmed normals: {result}")
         self.stats_path.write_text(json.dumps(result, indent=1))
         return result
