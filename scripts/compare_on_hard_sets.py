@@ -38,6 +38,8 @@ VARIANTS = {
     "5 tasks": BASE_TASKS,
     "5 tasks + denoising": BASE_TASKS + ["denoising"],
     "5 tasks, tilted orientation": [{"name": "orientation", "tilt": 20} if t == "orientation" else t for t in BASE_TASKS],
+    "5 tasks, small pseudo-anomalies": [{"name": "pseudo_anomaly", "radius_range": [0.02, 0.2]} if t == "pseudo_anomaly"
+                                        else t for t in BASE_TASKS],
 }
 # --recalibrate NAME: the exported model refitted with these scorer settings, evaluated as the row named
 # (refit: the scorer's defaults of the code running now, e.g. a selection rule changed since the model was trained)
