@@ -191,6 +191,20 @@ def test_training_lists_every_unusable_image_before_the_first_epoch(tmp_path):
     assert "Epoch[1]" not in log and not (run / "models").exists()  # failed before training, not after an epoch
 
 
+def test_training_refuses_an_image_size_the_network_cannot_take_before_reading_images(tmp_path):
+    data = bmad_tree(tmp_path / "data")
+    (data / "train" / "good" / "img" / "normal_0001.png").write_bytes(b"\x89PNG broken")
+    run = tmp_path / "run"
+    out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
+                 "--dataset_dir", str(data), "--output_dir", str(run), "--image_size", "40", "--num_workers", "0",
+                 "--max_epochs", "1", check=False)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "image_size 40: every side must be a multiple of 16" in log and "Nearest: 32 or 48" in log
+    # refused before any image was read: the broken picture is not reported, nothing is written
+    assert "normal_0001.png" not in log and not run.exists()
+
+
 def test_clear_errors_when_there_is_nothing_to_score(tmp_path, model_2d):
     from monai_mtlmad.apps.bundle import input_datalist
     from monai_mtlmad.data import bmad_datalist

@@ -315,6 +315,10 @@ def test_model_file_drives_evaluation_and_inference(tmp_path):
     warned = infer(data / "test", tmp_path / "warned", model, "--image_size", "64")
     assert "calibration no longer holds" in warned.stdout + warned.stderr
     assert np.load(tmp_path / "warned" / "good" / "img" / "normal_0000_map.npy").shape == (64, 64)
+    odd = infer(data / "test", tmp_path / "odd", model, "--image_size", "[64, 56]", check=False)
+    # refused with the file named, before any image is read (not every image skipped for the same setting)
+    assert odd.returncode != 0 and "model.pt: image_size [64, 56]: every side must be a multiple of 16" in odd.stdout + odd.stderr
+    assert not (tmp_path / "odd" / "scores.csv").exists()
     # another calibrated image score can decide, with its own threshold; one the file does not hold is refused
     evaluate = ("run", "--config_file", str(CONFIGS / "evaluate.json"), "--bundle_root", str(ROOT / "bundle"),
                 "--dataset_dir", str(data), "--model_path", str(model), "--num_workers", "0")

@@ -20,7 +20,7 @@ from monai_mtlmad.safe_io import keep_previous, verify_checksum
 
 __all__ = [
     "latest_checkpoint", "input_datalist", "has_anomalies", "calibration_split", "load_detector", "guard_training_output",
-    "as_flag", "add_fast_mode", "split_as_trained", "image_dataset",
+    "as_flag", "add_fast_mode", "split_as_trained", "image_dataset", "check_image_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,11 @@ def load_detector(
     dims = net.spatial_dims
     # None means "as in the file"
     if image_size is not None and not _same(image_size, config["spatial_size"], dims):
+        try:  # whole images go through the network (the fast mode's student pads, sliding windows have their size)
+            if scorer.roi_size is None and not scorer.fast:
+                check_image_size(image_size, dims, net.size_divisor)
+        except ValueError as e:
+            raise ValueError(f"{model_path}: {e}") from e
         changed["spatial_size"] = (config["spatial_size"], image_size)
     if preset is not None and preset != config["preset"]:
         changed["preset"] = (config["preset"], preset)
@@ -297,6 +302,31 @@ def add_fast_mode(
     scorer.save(out)
     logger.info(f"{out}: fast mode distilled in {steps} steps ({scorer.student.training['synthetic_check']})")
     return scorer
+
+
+def check_image_size(image_size: int | Sequence[int], spatial_dims: int, size_divisor: int) -> None:
+    """Refuse, before any image is read, an ``image_size`` the network cannot take (otherwise the error comes at the
+    first training or scoring step, after the whole dataset was loaded).
+
+    Args:
+        image_size: the side, or one side per spatial dimension.
+        spatial_dims: 2 or 3.
+        size_divisor: what every side must be a multiple of (the product of the network's strides,
+            ``MTLMoENet.size_divisor``).
+
+    Raises:
+        ValueError: naming the sides and the nearest sizes the network takes.
+    """
+    from monai.utils import ensure_tuple_rep
+
+    sides = [int(s) for s in ensure_tuple_rep(image_size, spatial_dims)]
+    bad = sorted({s for s in sides if s % size_divisor})
+    if bad:
+        near = sorted({m for s in bad for m in (s // size_divisor * size_divisor, (s // size_divisor + 1) * size_divisor)
+                       if m > 0})
+        raise ValueError(f"image_size {image_size}: every side must be a multiple of {size_divisor} (the network "
+                         f"downsamples by {size_divisor}); {', '.join(map(str, bad))} is not. Nearest: "
+                         f"{' or '.join(map(str, near))}.")
 
 
 def guard_training_output(output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
