@@ -174,17 +174,22 @@ def test_evaluation_refuses_metrics_over_skipped_images_unless_told(tmp_path, mo
     assert metrics["skipped"]["count"] == 3 and metrics["n_images"] == 2
 
 
+def failed_training(data, run, image_size):
+    """train.json on ``data`` into ``run``, expected to fail: its log."""
+    out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
+                 "--dataset_dir", str(data), "--output_dir", str(run), "--image_size", str(image_size),
+                 "--num_workers", "0", "--max_epochs", "1", check=False)
+    assert out.returncode != 0
+    return out.stdout + out.stderr
+
+
 def test_training_lists_every_unusable_image_before_the_first_epoch(tmp_path):
     data = bmad_tree(tmp_path / "data")
     (data / "train" / "good" / "img" / "normal_0001.png").write_bytes(b"\x89PNG broken")
     picture(data / "train" / "good" / "img" / "zeros.png", np.zeros((32, 32), np.uint8))
     nifti(data / "valid" / "good" / "img" / "volume.nii.gz", head_phantoms(1, (16, 16, 16))[0, 0])
     run = tmp_path / "run"
-    out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
-                 "--dataset_dir", str(data), "--output_dir", str(run), "--image_size", "32", "--num_workers", "0",
-                 "--max_epochs", "1", check=False)
-    log = out.stdout + out.stderr
-    assert out.returncode != 0
+    log = failed_training(data, run, 32)
     assert "2 of" in log and "training images cannot be used" in log and "validation images cannot be used" in log
     for name in ("normal_0001.png", "zeros.png: is constant", "volume.nii.gz: is a 3D volume"):
         assert name in log, name
@@ -195,11 +200,7 @@ def test_training_refuses_an_image_size_the_network_cannot_take_before_reading_i
     data = bmad_tree(tmp_path / "data")
     (data / "train" / "good" / "img" / "normal_0001.png").write_bytes(b"\x89PNG broken")
     run = tmp_path / "run"
-    out = bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(ROOT / "bundle"),
-                 "--dataset_dir", str(data), "--output_dir", str(run), "--image_size", "40", "--num_workers", "0",
-                 "--max_epochs", "1", check=False)
-    log = out.stdout + out.stderr
-    assert out.returncode != 0
+    log = failed_training(data, run, 40)
     assert "image_size 40: every side must be a multiple of 16" in log and "Nearest: 32 or 48" in log
     # refused before any image was read: the broken picture is not reported, nothing is written
     assert "normal_0001.png" not in log and not run.exists()
