@@ -312,7 +312,8 @@ def check_image_size(image_size: int | Sequence[int], spatial_dims: int, size_di
         image_size: the side, or one side per spatial dimension.
         spatial_dims: 2 or 3.
         size_divisor: what every side must be a multiple of (the product of the network's strides,
-            ``MTLMoENet.size_divisor``).
+            ``MTLMoENet.size_divisor``). Configs pass the product of ``network_def#strides``: instantiating the
+            network before ``set_determinism`` would draw its initial weights unseeded.
 
     Raises:
         ValueError: naming the sides and the nearest sizes the network takes.
