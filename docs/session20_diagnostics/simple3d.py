@@ -9,15 +9,15 @@ for split,lab in (('good',0),('Ungood',1)):
     for i,f in enumerate(sorted(glob.glob(f'{root}/test/{split}/img/*.nii.gz'))):
         x=load(f)
         head=ndi.binary_fill_holes(x>0.05)
-        d=ndi.distance_transform_edt(head); 
+        d=ndi.distance_transform_edt(head)
+        res=np.abs(x-ndi.median_filter(x,5))  # one residual per volume, read at three depths
         feats=[]
         for frac in (0.2,0.3,0.4):
             fg=d>frac*d.max()
-            res=np.abs(x-ndi.median_filter(x,5))
-            feats += [np.quantile(res[fg],0.999), np.quantile(x[fg],0.999), (x[fg]>0.85).mean()]
+            feats += [np.quantile(res[fg],0.999), np.quantile(x[fg],0.999)]
         rows.append((lab, kinds[i%4] if lab else 'n', *feats))
 lab=np.array([r[0] for r in rows]); k=np.array([r[1] for r in rows])
-names=[f'{n} core>{f}' for f in (0.2,0.3,0.4) for n in ('median resid q99.9','intensity q99.9','bright frac')]
+names=[f'{n} core>{f}' for f in (0.2,0.3,0.4) for n in ('median resid q99.9','intensity q99.9')]
 for j,name in enumerate(names,start=2):
     s=np.array([r[j] for r in rows])
     out=[f'{roc_auc_score(lab,s):.3f}']
