@@ -3,7 +3,7 @@
 For each cache of ``scripts/lesion_scale_image_study.py --cache`` (test images with their labels, per-task image
 features and maps): the image AUROC of every single feature, of the default (``score:synthetic``), of an L2 logistic
 regression over the standardised features fitted on the test labels themselves (5-fold cross-validated predictions,
-several strengths; and fitted and scored on all of them, an optimistic bound on linear fusions), and of quantiles of the fused and pseudo-anomaly maps over the foreground. The regression is an
+several strengths; and fitted and scored on all of them, an optimistic bound on linear fusions). The regression is an
 oracle no user has (it is told which test images are lesioned): if it cannot beat the best single feature, no fusion
 chosen from normals can.
 
@@ -20,13 +20,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-QUANTILES = (0.9, 0.99, 0.999, 1.0)
-
 for path in sys.argv[1:]:
     rec = torch.load(path, weights_only=False)
     y = np.asarray(rec["label"])
     x = np.asarray(rec["features"], dtype=np.float64)
-    fg = np.asarray(rec["fg"]).astype(bool)
     single = {name: roc_auc_score(y, x[:, i]) for i, name in enumerate(rec["feature_names"])}
     best = max(single, key=single.get)
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
@@ -41,7 +38,3 @@ for path in sys.argv[1:]:
           f"best single {single[best]:.3f} ({best}), oracle logistic regression "
           + ", ".join(f"{k}: {v:.3f}" for k, v in oracle.items()))
     print("  single features: " + ", ".join(f"{n} {v:.3f}" for n, v in single.items()))
-    for key in ("fused", "map:pseudo_anomaly"):
-        maps = np.asarray(rec[key], dtype=np.float32)
-        per_q = [roc_auc_score(y, [np.quantile(m[f], q) for m, f in zip(maps, fg)]) for q in QUANTILES]
-        print(f"  {key} quantile over the foreground " + ", ".join(f"{q}: {v:.3f}" for q, v in zip(QUANTILES, per_q)))
