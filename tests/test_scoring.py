@@ -123,6 +123,21 @@ def test_save_load_round_trip(trained, tmp_path):
         AnomalyScorer(net, tasks[:2])
 
 
+def test_load_to_a_device_keeps_the_calibration_on_the_cpu(trained, tmp_path):
+    """``map_location`` moves the network only: the calibration stays where ``fit`` keeps it, on the CPU (the one-class
+    model scores CPU features; loading it onto the GPU broke every evaluation there, session 23). The "meta" device
+    stands in for a GPU on machines without one."""
+    net, tasks = trained
+    normals = torch.from_numpy(head_phantoms(8, (48, 48), seed=16))
+    path = tmp_path / "model.pt"
+    AnomalyScorer(net, tasks, rim=0.06).fit(normals).save(path)
+    loaded = AnomalyScorer.load(path, map_location="meta")
+    assert next(loaded.net.parameters()).device.type == "meta"
+    calibration = [loaded.one_class, loaded.normal_scores]
+    tensors = [v for part in calibration for v in part.values() if torch.is_tensor(v)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+
+
 def test_model_file_rebuilds_the_whole_detector(tmp_path):
     """The model file alone gives the same detector: network arguments, non-default task options, preprocessing
     (with every default written out) and calibration."""

@@ -597,7 +597,9 @@ class AnomalyScorer:
             ValueError: naming the file, when it is damaged (:class:`~monai_mtlmad.safe_io.CorruptFileError`), not a
                 monai-mtlmad model file, or does not fit ``net``.
         """
-        state = load_checked(path, map_location=map_location)
+        # the calibration stays on the CPU, where fit() keeps it (e.g. the one-class model scores CPU features); only
+        # the networks go to map_location
+        state = load_checked(path, map_location="cpu")
         if not isinstance(state, dict) or "network" not in state or "scorer" not in state:
             raise ValueError(f"{path}: missing 'network' or 'scorer' entries; not saved by AnomalyScorer.save.")
         if state.get("format", MODEL_FORMAT) != MODEL_FORMAT:
