@@ -33,7 +33,8 @@ setup(
         "test": ["pytest", "pytest-timeout", "scikit-learn", "hypothesis"],
         # pydicom-seg (a MONAI Label dependency) does not import with pydicom 3; these pins keep one consistent set
         "monailabel": ["monailabel>=0.8.5", "pydicom<3", "dicomweb-client<0.60", "pynetdicom<3", "requests-toolbelt"],
-        "notebooks": ["jupyter", "nbconvert", "matplotlib"],
+        # what executes them (make test-notebooks); add jupyterlab to open them interactively
+        "notebooks": ["nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
