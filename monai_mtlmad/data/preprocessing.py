@@ -327,7 +327,9 @@ def preprocessing(
         det.append(Resized(keys, size, mode=["area", "nearest"][: len(keys)]))
     else:
         modes = ["bilinear", "nearest"][: len(keys)]
-        det.append(Orientationd(keys, axcodes="RAS"))
+        # labels given as MONAI 1.6 defaults them: "RAS" keeps its meaning when that default changes, and users are
+        # not warned on every volume that it will
+        det.append(Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
         if crop_to_body:
             det.append(CropToBodyd(keys, "image"))
         if spacing is None:
