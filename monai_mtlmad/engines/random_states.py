@@ -41,7 +41,9 @@ def _pack(state: tuple) -> dict:
 
 
 def _unpack(state: dict) -> tuple:
-    return state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]
+    # .cpu(): a checkpoint resumed on a GPU is loaded there (CheckpointLoader's map_location), numpy states live here
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    return state["name"], keys, state["pos"], state["has_gauss"], state["cached"]
 
 
 class RandomStates:
