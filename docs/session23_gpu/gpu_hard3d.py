@@ -8,6 +8,12 @@ The training steps are sized from a probe (``probe_step.py``, three processes at
 that training, export and evaluation end before ``--deadline`` seconds; whatever exists then is packed into $OUT.
 
     python docs/session23_gpu/gpu_hard3d.py --deadline 530     # on the device, data under runs/g96/data
+
+The data, made here and carried (about 45 MB): ``make_demo_dataset("runs/g96/data/head", 3, n_train=40, n_valid=16,
+n_test=48, size=96, seed=100, hard=True)``, ``make_demo_dataset("runs/g96/data/head_test192", 3, n_train=8,
+n_valid=8, n_test=192, size=96, seed=200, hard=True)``, and for the smoke run ``runs/g96/data/head_test8/test``: the
+first 4 normal and 4 lesioned volumes of ``head_test192/test`` (with their masks). The splits nobody reads
+(``head/test``, ``head_test192/train|valid``) may be deleted to carry less.
 """
 
 from __future__ import annotations
